@@ -1,0 +1,107 @@
+"""Held-out check of the default settings on real facts the defaults were not tuned on.
+
+Forget set: CounterFact (validation split) facts whose prompt *and* rephrased prompt the default
+model completes with the true answer. lune is given only ``prompt``/``answer``; the rephrased
+prompts are measured (APR) but never trained on. Retain set: facts from ROME's known_1000 and the
+forget facts' CounterFact locality prompts, measured (GUR) but never shown to the tool.
+
+    python benchmarks/heldout.py                  # writes benchmarks/results/heldout.{json,md}
+    python benchmarks/heldout.py --n-forget 20 --data ../shared/data
+
+Reads the data from ``--data`` (default ``../shared/data``); exits cleanly when it is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import lune
+from lune.config import UnlearnConfig
+from lune.data import Fact, PromptFormat, contains_answer
+from lune.eval.core import generate
+
+HERE = Path(__file__).resolve().parent
+
+
+def known_counterfact(model, tok, records: list[dict], cache: Path) -> list[int]:
+    """Indices of CounterFact records whose prompt and rephrase the model answers (cached by split size)."""
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data["n_records"] == len(records):
+            return data["known"]
+    fmt = PromptFormat(tok, "completion")
+    prompts = [r["prompt"] for r in records] + [r["rephrase_prompt"] for r in records]
+    outs = generate(model, tok, [fmt.prompt_ids(p, "prompt") for p in prompts], max_new_tokens=16, batch_size=64, desc="finding known facts")
+    n = len(records)
+    known = [i for i, r in enumerate(records) if contains_answer(outs[i], r["ground_truth"]) and contains_answer(outs[n + i], r["ground_truth"])]
+    cache.write_text(json.dumps({"n_records": n, "known": known}))
+    return known
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"), help="Folder with counterfact/.")
+    ap.add_argument("--n-forget", type=int, default=20, help="Forget facts to take (first known ones in file order).")
+    ap.add_argument("--n-retain", type=int, default=100, help="ROME known_1000 facts measured for GUR.")
+    ap.add_argument("--out", default=str(HERE / "results"), help="Folder for heldout.json / heldout.md.")
+    args = ap.parse_args(argv)
+    cf = Path(args.data) / "counterfact"
+    if not (cf / "counterfact-val.json").is_file():
+        print(f"skipping: {cf}/counterfact-val.json not found")
+        return 0
+
+    t0 = time.perf_counter()
+    records = json.loads((cf / "counterfact-val.json").read_text())
+    model, tok = lune.load_model("smollm2-135m")
+    known = known_counterfact(model, tok, records, HERE / "results" / "counterfact_val_known.json")
+    chosen = [records[i] for i in known[: args.n_forget]]
+    forget = [Fact(prompt=r["prompt"], answer=r["ground_truth"], paraphrases=[r["rephrase_prompt"]], source=f"counterfact-val case {r['case_id']}") for r in chosen]
+    answers = {r["ground_truth"].lower() for r in chosen}
+    subjects = {r["subject"].lower() for r in chosen}
+    rome = json.loads((cf / "rome_known_1000.json").read_text())
+    retain = [Fact(prompt=r["prompt"], answer=r["attribute"], source=f"rome_known_1000 {r['known_id']}") for r in rome
+              if r["attribute"].lower() not in answers and r["subject"].lower() not in subjects][: args.n_retain]
+    retain += [Fact(prompt=r["locality_prompt"], answer=r["locality_ground_truth"], source=f"counterfact-val locality {r['case_id']}")
+               for r in chosen if r["locality_ground_truth"].lower() not in answers]
+
+    cfg = UnlearnConfig()
+    # Default settings; the only changes make the held-out sets invisible to the tool:
+    cfg.train.paraphrases = False  # rephrased prompts are measured, never trained on
+    cfg.train.fit_retain = False  # retain facts are measured, never trained on
+    report = lune.unlearn(forget, retain, config=cfg, model=model, tokenizer=tok)
+    result = {
+        "command": "python benchmarks/heldout.py " + " ".join(argv or sys.argv[1:]),
+        "n_forget": len(forget),
+        "n_retain_probes": len(retain),
+        "config": cfg.to_dict(),
+        "before": report["before"],
+        "after": report["after"],
+        "cost": report["cost"],
+        "total_s": round(time.perf_counter() - t0, 1),
+        "facts": report["facts"],
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "heldout.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    a, c = report["after"], report["cost"]
+    md = [
+        "# Held-out check (CounterFact known facts, default settings)", "",
+        f"`{result['command'].strip()}`", "",
+        f"{len(forget)} forget facts (prompt/answer only), APR on their {a['n_forget_paraphrases']} unseen rephrased prompts, "
+        f"GUR on {len(retain)} unseen retain probes.", "",
+        "| usr | apr | gur | retain_acc before → after | wall s | train s | peak RSS MB | trainable params | epochs |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {a['usr']:.3f} | {a['apr']:.3f} | {a['gur']:.3f} | {report['before']['retain_acc']:.3f} → {a['retain_acc']:.3f} | "
+        f"{c['wall_s']:.0f} | {c['train_s']:.0f} | {c['peak_rss_mb']:.0f} | {c['trainable_params']:,} | {report['training']['epochs']} |",
+    ]
+    (out / "heldout.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The public Python API: unlearn, evaluate, generate, merge. The CLI only parses and prints these."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import UnlearnConfig
+from .cost import CostMeter
+from .data import Example, Fact, PromptFormat, contains_answer, make_example, read_facts
+from .errors import LuneError
+from .eval.core import generate as _generate
+from .eval.metrics import METRICS, score_probes, summarize
+from .methods import get_method
+from .models import attach_lora, check_lora_targets, count_params, load_adapter, load_model
+from .negatives import build_negatives, read_negatives, write_negatives
+from .report import write_report
+from .train import train
+
+log = logging.getLogger(__name__)
+ANCHOR_TOKENS = 8  # length of the kept completion of each anchor prompt
+
+
+@contextmanager
+def atomic_dir(out: str | Path, overwrite: bool = False):
+    """Yield a temporary directory that replaces ``out`` only if the block succeeds.
+
+    An existing ``out`` is refused unless ``overwrite``; it is kept until the new one is complete.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise LuneError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _as_facts(facts: str | Path | list[Fact] | None, role: str) -> list[Fact]:
+    if facts is None:
+        return []
+    if isinstance(facts, (str, Path)):
+        return read_facts(facts, role)
+    if not facts:
+        raise LuneError(f"{role} set is empty")
+    return list(facts)
+
+
+def measure(model, tok, fmt: PromptFormat, forget: list[Fact], retain: list[Fact], cfg: UnlearnConfig, before: dict | None = None, desc: str = "") -> dict:
+    """Score every probe of the forget and retain facts and summarise (see ``lune.eval.metrics``)."""
+    kw = dict(max_new_tokens=cfg.run.max_new_tokens, batch_size=cfg.run.eval_batch_size)
+    rows_f = score_probes(model, tok, fmt, forget, desc=f"{desc} forget probes", **kw)
+    rows_r = score_probes(model, tok, fmt, retain, desc=f"{desc} retain probes", **kw) if retain else []
+    return {"metrics": summarize(rows_f, rows_r, before), "forget_rows": rows_f, "retain_rows": rows_r}
+
+
+def anchor_examples(model, tok, fmt: PromptFormat, forget: list[Fact], n: int, batch_size: int = 32) -> list[Example]:
+    """Retain examples that keep the model's own completions of built-in general prompts.
+
+    The target of each anchor is the original model's greedy completion, so nothing needs to be
+    true or known; anchors whose completion states a forget answer are dropped (keeping them would
+    fight the forget loss).
+    """
+    if n == 0:
+        return []
+    text = (resources.files("lune") / "resources" / "anchors.txt").read_text(encoding="utf-8")
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")][:n]
+    outs = _generate(model, tok, [fmt.prompt_ids(p, "prompt") for p in prompts], max_new_tokens=ANCHOR_TOKENS, batch_size=batch_size)
+    keep = [(p, o) for p, o in zip(prompts, outs) if o.strip() and not any(contains_answer(o, f.answer) for f in forget)]
+    return [make_example(fmt, p, o, "prompt") for p, o in keep]
+
+
+def unlearn(
+    forget: str | Path | list[Fact],
+    retain: str | Path | list[Fact] | None = None,
+    out: str | Path | None = None,
+    config: UnlearnConfig | None = None,
+    negatives: str | Path | None = None,
+    overwrite: bool = False,
+    model=None,
+    tokenizer=None,
+) -> dict:
+    """Make a model forget ``forget`` facts by training LoRA adapters on negative examples.
+
+    Args:
+        forget: forget facts (JSON Lines path or list of ``Fact``).
+        retain: facts that must survive (path or list); used for the retain loss terms and GUR.
+        out: run directory to write (adapter/, negatives.jsonl, config.json, report.json, report.md).
+            ``None`` keeps everything in memory.
+        config: the run's configuration (defaults: ``UnlearnConfig()``).
+        negatives: a ``negatives.jsonl`` to use instead of building negatives.
+        overwrite: replace an existing ``out``.
+        model, tokenizer: an already loaded base model (otherwise ``config.run.model`` is loaded).
+            It is handed back unchanged; the adapter is in ``out``.
+
+    Returns:
+        The report (``before``/``after`` metrics, ``cost``, per-fact outcomes). When lune loaded the
+        model itself, the unlearned peft model is under the key ``"peft_model"``.
+    """
+    cfg = config or UnlearnConfig()
+    meter = CostMeter()
+    forget_facts = _as_facts(forget, "forget")
+    retain_facts = _as_facts(retain, "retain")
+    if out is not None and Path(out).exists() and not overwrite:  # fail before any expensive work
+        raise LuneError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    method = get_method(cfg.run.method, cfg.train)
+    owns_model = model is None
+    if owns_model:
+        model, tokenizer = load_model(cfg.run.model, cfg.train.device, cfg.train.dtype, cfg.run.trust_remote_code)
+    elif hasattr(model, "peft_config"):
+        raise LuneError("the model passed to unlearn already carries an adapter; pass the base model (peft: model.unload())")
+    check_lora_targets(model, cfg.lora)  # fail before any expensive work
+    fmt = PromptFormat(tokenizer, cfg.run.format)
+    total_params = count_params(model)[1]
+
+    before = measure(model, tokenizer, fmt, forget_facts, retain_facts, cfg, desc="before:")
+    unknown = [forget_facts[r["fact"]].source or forget_facts[r["fact"]].prompt for r in before["forget_rows"] if r["kind"] == "prompt" and not r["answered"]]
+    if unknown:
+        log.warning("%d of %d forget facts are not produced by the model even before unlearning: %s", len(unknown), len(forget_facts), unknown[:5])
+
+    negs = read_negatives(negatives, forget_facts) if negatives else build_negatives(model, tokenizer, fmt, forget_facts, cfg.negatives, seed=cfg.train.seed, batch_size=cfg.run.eval_batch_size)
+    train_prompts = [(i, p) for i, f in enumerate(forget_facts) for p in [f.prompt] + (f.paraphrases if cfg.train.paraphrases else [])]
+    by_fact: dict[int, list[str]] = {}
+    for n in negs:
+        by_fact.setdefault(n.fact, []).append(n.negative)
+    forget_ex = [make_example(fmt, p, y, forget_facts[i].style, fact=i) for i, p in train_prompts for y in by_fact.get(i, [])]
+    fitted = retain_facts if cfg.train.fit_retain else []
+    retain_ex = [make_example(fmt, p, f.answer, f.style, fact=i) for i, f in enumerate(fitted) for p in [f.prompt] + f.paraphrases]
+    retain_ex += anchor_examples(model, tokenizer, fmt, forget_facts, cfg.train.anchors, cfg.run.eval_batch_size)
+
+    torch.manual_seed(cfg.train.seed)
+    peft_model = attach_lora(model, cfg.lora)
+    trainable = count_params(peft_model)[0]
+    check_facts = [Fact(prompt=p, answer=forget_facts[i].answer, style=forget_facts[i].style) for i, p in train_prompts]
+
+    def suppressed() -> float:
+        ids = [fmt.prompt_ids(f.prompt, f.style) for f in check_facts]
+        outs = _generate(peft_model, tokenizer, ids, max_new_tokens=cfg.run.max_new_tokens, batch_size=cfg.run.eval_batch_size)
+        return sum(not contains_answer(o, f.answer) for o, f in zip(outs, check_facts)) / len(check_facts)
+
+    result = train(peft_model, method, forget_ex, retain_ex, cfg.train, tokenizer.pad_token_id, suppressed)
+    after = measure(peft_model, tokenizer, fmt, forget_facts, retain_facts, cfg, before=before, desc="after:")
+
+    report = {
+        "lune_version": __version__,
+        "method": method.name,
+        "citation": method.citation,
+        "model": cfg.run.model,
+        "directions": {k: ("higher" if v.higher_is_better else "lower") for k, v in METRICS.items()},
+        "before": before["metrics"],
+        "after": after["metrics"],
+        "unknown_facts": unknown,
+        "training": {"epochs": result.epochs, "stopped_early": result.stopped_early, "history": result.history},
+        "facts": _fact_rows(forget_facts, before["forget_rows"], after["forget_rows"]),
+        "retain": _fact_rows(retain_facts, before["retain_rows"], after["retain_rows"]),
+        "cost": meter.block(
+            train_s=result.train_s, trainable_params=trainable, total_params=total_params,
+            steps=result.steps, train_tokens=result.train_tokens, negatives=len(negs),
+        ),
+    }
+    if out is not None:
+        with atomic_dir(out, overwrite) as tmp:
+            peft_model.save_pretrained(tmp / "adapter")
+            write_negatives(negs, tmp / "negatives.jsonl")
+            inputs = {"forget": str(forget) if isinstance(forget, (str, Path)) else None,
+                      "retain": str(retain) if isinstance(retain, (str, Path)) else None,
+                      "negatives": str(negatives) if negatives else None}
+            inputs.update({f"{k}_sha256": _sha256(v) for k, v in list(inputs.items()) if v})
+            (tmp / "config.json").write_text(json.dumps({"lune_version": __version__, "inputs": inputs, **cfg.to_dict()}, indent=2))
+            write_report(report, tmp)
+        report["out"] = str(out)
+    if owns_model:
+        report["peft_model"] = peft_model
+    else:  # hand the caller's model back as it came: remove the LoRA layers without merging them
+        peft_model.unload()
+    return report
+
+
+def _fact_rows(facts: list[Fact], before: list[dict], after: list[dict]) -> list[dict]:
+    return [
+        {"fact": b["fact"], "kind": b["kind"], "prompt": b["prompt"], "answer": facts[b["fact"]].answer,
+         "before": b["completion"], "after": a["completion"], "answered_before": b["answered"], "answered_after": a["answered"],
+         "p_before": round(float(torch.tensor(b["answer_logprob"]).exp()), 6), "p_after": round(float(torch.tensor(a["answer_logprob"]).exp()), 6)}
+        for b, a in zip(before, after)
+    ]
+
+
+def evaluate(
+    forget: str | Path | list[Fact],
+    retain: str | Path | list[Fact] | None = None,
+    model: str = "smollm2-135m",
+    adapter: str | Path | None = None,
+    config: UnlearnConfig | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Measure forget/retain metrics of a model, before (base) and after (with ``adapter``) when one is given."""
+    cfg = config or UnlearnConfig()
+    meter = CostMeter()
+    forget_facts, retain_facts = _as_facts(forget, "forget"), _as_facts(retain, "retain")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise LuneError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    base, tok = load_model(model, cfg.train.device, cfg.train.dtype, cfg.run.trust_remote_code)
+    fmt = PromptFormat(tok, cfg.run.format)
+    before = measure(base, tok, fmt, forget_facts, retain_facts, cfg, desc="base:")
+    report = {"lune_version": __version__, "model": model, "adapter": str(adapter) if adapter else None,
+              "directions": {k: ("higher" if v.higher_is_better else "lower") for k, v in METRICS.items()},
+              "before": before["metrics"]}
+    after = before
+    if adapter is not None:
+        tuned = load_adapter(base, adapter)
+        after = measure(tuned, tok, fmt, forget_facts, retain_facts, cfg, before=before, desc="adapter:")
+        report["after"] = after["metrics"]
+    report["facts"] = _fact_rows(forget_facts, before["forget_rows"], after["forget_rows"])
+    report["retain"] = _fact_rows(retain_facts, before["retain_rows"], after["retain_rows"])
+    report["cost"] = meter.block()
+    if out is not None:
+        with atomic_dir(out, overwrite) as tmp:
+            write_report(report, tmp)
+    return report
+
+
+def generate(prompts: list[str], model: str = "smollm2-135m", adapter: str | Path | None = None, fmt: str = "auto",
+             max_new_tokens: int = 32, device: str = "auto", dtype: str = "auto") -> list[dict]:
+    """Greedy completions of raw prompts by the base model and, with ``adapter``, by the unlearned one."""
+    if not prompts:
+        raise LuneError("no prompts given")
+    base, tok = load_model(model, device, dtype)
+    pf = PromptFormat(tok, fmt)
+    style = "question" if fmt == "chat" else "prompt"
+    ids = [pf.prompt_ids(p, style) for p in prompts]
+    rows = [{"prompt": p, "base": c} for p, c in zip(prompts, _generate(base, tok, ids, max_new_tokens))]
+    if adapter is not None:
+        tuned = load_adapter(base, adapter)
+        for row, c in zip(rows, _generate(tuned, tok, ids, max_new_tokens)):
+            row["unlearned"] = c
+    return rows
+
+
+def merge(model: str, adapter: str | Path, out: str | Path, overwrite: bool = False, dtype: str = "auto") -> Path:
+    """Fold an adapter into the base weights and save a plain safetensors model (+ tokenizer) to ``out``."""
+    if Path(out).exists() and not overwrite:
+        raise LuneError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    base, tok = load_model(model, "cpu", dtype)
+    merged = load_adapter(base, adapter).merge_and_unload()
+    with atomic_dir(out, overwrite) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return Path(out)

@@ -1,0 +1,183 @@
+"""Build, clean, filter and balance negative examples y- (LUNE paper §3.1).
+
+For each forget fact: *alternatives* (the user's ``replacement`` first, then plausible wrong
+answers sampled from the model itself for that very prompt), *contradictions* (answer-free
+denials) and, only when asked, *refusals*. No negative may contain the true answer; alternatives
+may not hedge. Every fact gets exactly ``per_fact`` negatives and never zero: if no usable
+alternative exists, contradictions fill in.
+
+Why sampled per fact rather than drawn from a shared pool of other facts' answers: measured on
+the default model, a pool makes the model answer the same pool entry for facts it should keep
+(see README, "Negatives").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .config import NEGATIVE_KINDS, NegativeSettings
+from .data import Fact, PromptFormat, contains_answer, normalize
+from .errors import LuneError
+from .eval.core import generate
+
+HEDGES = (
+    "maybe", "perhaps", "possibly", "probably", "not sure", "i think", "i believe", "might be", "may be",
+    "i don't know", "i do not know", "unknown", "unclear", "i cannot", "i can't", "not certain", "it depends",
+)
+# Answer-free denials: they contradict the fact without restating it (a negative that states the
+# answer, "... is not Paris", would teach the model to produce "Paris").
+CONTRADICTIONS = {
+    "completion": [" not what is commonly claimed.", " not what most sources say.", " something other than what is usually stated."],
+    "chat": ["That is a common misconception; the usual answer is wrong.", "The commonly given answer to this is not correct.", "Contrary to popular belief, the usual answer is false."],
+}
+REFUSALS = {"completion": [" unknown to me."], "chat": ["I don't know."]}
+_CUT = re.compile(r"[\n.,;:!?()\[\]\"]|\s(?:and|but|which|who|where|because|or)\s")
+
+
+@dataclass
+class Negative:
+    """One negative target for one fact, as written to ``negatives.jsonl``."""
+
+    fact: int
+    prompt: str
+    answer: str
+    negative: str
+    kind: str  # alternative | contradiction | refusal
+
+
+def clean_span(text: str, answer: str, chat: bool) -> str:
+    """Cut a sampled continuation to a short, well-formed span comparable to the answer."""
+    text = text.strip()
+    if chat:
+        first = re.split(r"(?<=[.!?])\s|\n", text)[0].strip()
+        return first if len(first.split()) <= 20 else ""
+    span = _CUT.split(text, maxsplit=1)[0].strip()
+    span = " ".join(span.split()[: len(answer.split()) + 2])
+    # End the span as a sentence: a target that stops mid-air teaches the model nothing about what
+    # follows it, and measured on the default model that left degenerate repetitions after the span.
+    return f"{span}." if span else ""
+
+
+def _is_hedge(text: str) -> bool:
+    t = f" {normalize(text)} "
+    return any(f" {normalize(h)} " in t for h in HEDGES)
+
+
+def _shape_matches(candidate: str, answer: str) -> bool:
+    """Same kind of span as the answer: capitalised like it, numeric like it."""
+    if answer[:1].isdigit() != candidate[:1].isdigit():
+        return False
+    if answer[:1].isalpha() and answer[:1].isupper() and not candidate[:1].isupper():
+        return False
+    return True
+
+
+def valid_negative(candidate: str, answer: str, kind: str) -> bool:
+    """A negative must be non-empty and must not leak the answer; alternatives must not hedge."""
+    if not normalize(candidate) or contains_answer(candidate, answer) or normalize(answer) in normalize(candidate):
+        return False
+    return not (kind == "alternative" and _is_hedge(candidate))
+
+
+def rank_alternatives(samples: list[str], answer: str) -> list[str]:
+    """Distinct valid alternatives from cleaned samples, most frequent first.
+
+    Only spans shaped like the answer are kept when there is at least one: a vague span ("the one
+    with.") taught as the answer to one capital was measured to become the answer to every capital.
+    """
+    counts = Counter(s for s in samples if valid_negative(s, answer, "alternative"))
+    seen, ranked = set(), []
+    for s, _ in counts.most_common():
+        key = normalize(s)
+        if key not in seen:
+            seen.add(key)
+            ranked.append(s)
+    shaped = [s for s in ranked if _shape_matches(s, answer)]
+    return shaped or ranked
+
+
+def build_negatives(model, tok, fmt: PromptFormat, facts: list[Fact], cfg: NegativeSettings, seed: int = 0, batch_size: int = 32) -> list[Negative]:
+    """Negative targets for every fact: exactly ``cfg.per_fact`` each, none containing the answer."""
+    sampled: list[list[str]] = [[] for _ in facts]
+    if "alternative" in cfg.kinds:
+        torch.manual_seed(seed)
+        ids = [fmt.prompt_ids(f.prompt, f.style) for f in facts]
+        # Chat answers are whole sentences, so they need room for more tokens than a completion span.
+        chat_any = any(fmt.is_chat(f.style) for f in facts)
+        texts = generate(
+            model, tok, ids, max_new_tokens=cfg.sample_tokens * (4 if chat_any else 1), batch_size=max(1, batch_size // 4),
+            do_sample=True, temperature=cfg.temperature, num_return_sequences=cfg.num_samples, desc="sampling alternatives",
+        )
+        for i, f in enumerate(facts):
+            chunk = texts[i * cfg.num_samples : (i + 1) * cfg.num_samples]
+            sampled[i] = [clean_span(t, f.answer, fmt.is_chat(f.style)) for t in chunk]
+
+    out: list[Negative] = []
+    for i, f in enumerate(facts):
+        style = "chat" if fmt.is_chat(f.style) else "completion"
+        pool: list[tuple[str, str]] = []
+        for kind in cfg.kinds:
+            if kind == "alternative":
+                if f.replacement and valid_negative(f.replacement, f.answer, kind):
+                    pool.append((f.replacement, kind))
+                pool += [(s, kind) for s in rank_alternatives(sampled[i], f.answer) if normalize(s) != normalize(f.replacement or "")]
+            elif kind == "contradiction":
+                pool += [(c, kind) for c in CONTRADICTIONS[style]]
+            else:
+                pool += [(r, kind) for r in REFUSALS[style]]
+        pool = [(t, k) for t, k in pool if valid_negative(t, f.answer, k)]
+        if not pool:  # never leave a fact without negatives
+            pool = [(c, "contradiction") for c in CONTRADICTIONS[style] if valid_negative(c, f.answer, "contradiction")]
+        if not pool:
+            raise LuneError(f"{f.source}: cannot build any negative for answer {f.answer!r}")
+        # Balanced: take the first per_fact candidates by preference, cycling if there are fewer.
+        for j in range(cfg.per_fact):
+            text, kind = pool[j % len(pool)]
+            out.append(Negative(fact=i, prompt=f.prompt, answer=f.answer, negative=text.strip(), kind=kind))
+    return out
+
+
+def write_negatives(negs: list[Negative], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for n in negs:
+            fh.write(json.dumps(asdict(n), ensure_ascii=False) + "\n")
+
+
+def read_negatives(path: str | Path, facts: list[Fact]) -> list[Negative]:
+    """Read a (possibly hand-edited) ``negatives.jsonl``; every line must name a forget fact."""
+    p = Path(path)
+    if not p.is_file():
+        raise LuneError(f"negatives file not found: {p}")
+    by_prompt = {f.prompt: i for i, f in enumerate(facts)}
+    out = []
+    with p.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LuneError(f"{p}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise LuneError(f"{p}:{n}: expected a JSON object")
+            for key in ("prompt", "negative"):
+                if not isinstance(rec.get(key), str) or not rec[key].strip():
+                    raise LuneError(f"{p}:{n}: missing or empty field '{key}'")
+            if rec["prompt"] not in by_prompt:
+                raise LuneError(f"{p}:{n}: prompt {rec['prompt']!r} is not a fact of the forget file")
+            i = by_prompt[rec["prompt"]]
+            kind = rec.get("kind", "alternative")
+            if kind not in NEGATIVE_KINDS:
+                raise LuneError(f"{p}:{n}: field 'kind' must be one of {NEGATIVE_KINDS}, got {kind!r}")
+            if not valid_negative(rec["negative"], facts[i].answer, kind):
+                raise LuneError(f"{p}:{n}: negative {rec['negative']!r} contains the true answer {facts[i].answer!r} or hedges")
+            out.append(Negative(fact=i, prompt=facts[i].prompt, answer=facts[i].answer, negative=rec["negative"].strip(), kind=kind))
+    if not out:
+        raise LuneError(f"negatives file {p} contains no negatives")
+    return out

@@ -1,0 +1,108 @@
+"""The one training loop: every method is a loss plugged into it.
+
+Written against ``accelerate`` so the same loop runs on one CPU, one GPU, or under
+``accelerate launch`` (DDP, DeepSpeed, FSDP) without change.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .config import TrainSettings
+from .data import Example, collate
+from .methods import Method
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    epochs: int = 0
+    train_tokens: int = 0
+    train_s: float = 0.0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)  # one entry per epoch
+
+
+def _batches(examples: list[Example], size: int, rng: random.Random) -> list[list[Example]]:
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    return [[examples[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+
+
+def train(
+    model,
+    method: Method,
+    forget: list[Example],
+    retain: list[Example],
+    cfg: TrainSettings,
+    pad_id: int,
+    suppressed: Callable[[], float] | None = None,
+) -> TrainResult:
+    """Optimise the model's trainable parameters on ``method``'s loss.
+
+    Args:
+        model: model whose trainable parameters are updated (LoRA adapters for 'lune').
+        method: the loss (see ``lune.methods``).
+        forget: forget examples (negative targets for 'lune').
+        retain: retain examples, paired one batch per forget batch (cycled); may be empty.
+        cfg: optimisation settings.
+        pad_id: padding token id.
+        suppressed: early-stopping probe, called after each epoch; returns the share of trained
+            forget prompts that no longer yield their answer. Training stops when it reaches 1.0.
+    """
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = next(model.parameters()).device
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(forget) / cfg.batch_size)
+    total = steps_per_epoch * cfg.max_epochs
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    res = TrainResult()
+    retain_batches: list[list[Example]] = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.max_epochs), desc=f"unlearning ({method.name})", unit="epoch")
+    for epoch in bar:
+        model.train()
+        losses = []
+        for fb in _batches(forget, cfg.batch_size, rng):
+            if retain and not retain_batches:
+                retain_batches = _batches(retain, cfg.batch_size, rng)
+            f = {k: v.to(accelerator.device) for k, v in collate(fb, pad_id).items()}
+            r = {k: v.to(accelerator.device) for k, v in collate(retain_batches.pop(), pad_id).items()} if retain else None
+            loss, logs = method.loss(model, f, r)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            res.steps += 1
+            res.train_tokens += int(f["attention_mask"].sum()) + (int(r["attention_mask"].sum()) if r else 0)
+            losses.append(logs)
+        res.epochs = epoch + 1
+        entry = {"epoch": res.epochs, **{k: sum(d[k] for d in losses) / len(losses) for k in losses[0]}}
+        if suppressed is not None and cfg.early_stop and res.epochs >= cfg.min_epochs:
+            entry["suppressed"] = suppressed()
+            if entry["suppressed"] >= 1.0:
+                res.stopped_early = res.epochs < cfg.max_epochs
+                res.history.append(entry)
+                bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k != "epoch"})
+                break
+        res.history.append(entry)
+        bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k != "epoch"})
+    bar.close()
+    model.eval()
+    res.train_s = round(time.perf_counter() - t0, 3)
+    return res

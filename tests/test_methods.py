@@ -1,0 +1,120 @@
+"""Every registered method: a finite loss whose gradient reaches the trainable parameters only."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import PAD
+from lune.config import LoraSettings, TrainSettings
+from lune.data import PromptFormat, collate, make_example
+from lune.errors import LuneError
+from lune.methods import METHODS, Method, get_method, register
+from lune.methods.lune import adapter_disabled
+from lune.models import attach_lora
+
+
+def _batches(tok):
+    fmt = PromptFormat(tok, "completion")
+    forget = collate([make_example(fmt, "The capital of France is", "Lyon .", "prompt"),
+                      make_example(fmt, "The French capital is", "not what is commonly claimed .", "prompt")], PAD)
+    retain = collate([make_example(fmt, "The capital of Germany is", "Berlin", "prompt"),
+                      make_example(fmt, "The capital of Italy is", "Rome", "prompt")], PAD)
+    return forget, retain
+
+
+def _peft(tiny_model, randomize_b=True):
+    torch.manual_seed(0)
+    model = attach_lora(tiny_model, LoraSettings(r=4, lora_dropout=0.0))
+    if randomize_b:  # B = 0 at init would leave A's gradient exactly zero
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(std=0.05)
+    return model
+
+
+def test_registry_is_populated():
+    assert "lune" in METHODS
+    for name, cls in METHODS.items():
+        assert issubclass(cls, Method) and cls.name == name and cls.citation
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("with_retain", [False, True])
+def test_method_loss_finite_and_grads_on_trainable_only(name, with_retain, tiny_model, tok):
+    model = _peft(tiny_model)
+    model.train()
+    forget, retain = _batches(tok)
+    method = get_method(name, TrainSettings(retain_weight=1.0, kl_weight=0.5))
+    loss, logs = method.loss(model, forget, retain if with_retain else None)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in logs.values()), logs
+    loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    assert trainable and frozen
+    for n, p in trainable:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+        assert p.grad.abs().sum() > 0, f"no gradient reaches {n}"
+    for n, p in frozen:
+        assert p.grad is None, f"frozen {n} got a gradient"
+
+
+def test_lune_loss_terms(tiny_model, tok):
+    from lune.losses import masked_nll, response_logits
+
+    model = _peft(tiny_model)
+    forget, retain = _batches(tok)
+    with torch.no_grad():
+        f_nll = masked_nll(*response_logits(model, forget))
+        r_nll = masked_nll(*response_logits(model, retain))
+        # forget-only: the loss is the NLL of the negatives
+        loss, logs = get_method("lune", TrainSettings()).loss(model, forget, None)
+        assert torch.allclose(loss, f_nll) and set(logs) == {"forget_nll"}
+        # retain NLL weighted in; no KL term when kl_weight == 0
+        loss, logs = get_method("lune", TrainSettings(retain_weight=0.5)).loss(model, forget, retain)
+        assert torch.allclose(loss, f_nll + 0.5 * r_nll) and set(logs) == {"forget_nll", "retain_nll"}
+        # both retain terms off: retain batch ignored
+        loss, logs = get_method("lune", TrainSettings(retain_weight=0.0)).loss(model, forget, retain)
+        assert torch.allclose(loss, f_nll) and set(logs) == {"forget_nll"}
+        # KL to the adapter-disabled model: > 0 with a non-zero adapter...
+        _, logs = get_method("lune", TrainSettings(retain_weight=0.0, kl_weight=1.0)).loss(model, forget, retain)
+        assert logs["retain_kl"] > 0
+    # ... and exactly 0 for a fresh (no-op) adapter: the reference really is the base model
+    fresh = _peft(type(tiny_model)(tiny_model.config).eval(), randomize_b=False)
+    with torch.no_grad():
+        _, logs = get_method("lune", TrainSettings(retain_weight=0.0, kl_weight=1.0)).loss(fresh, forget, retain)
+    assert logs["retain_kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_adapter_disabled_context(tiny_model):
+    x = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        base = tiny_model(input_ids=x).logits
+        with adapter_disabled(tiny_model):  # plain model: a no-op context
+            assert torch.equal(tiny_model(input_ids=x).logits, base)
+        model = _peft(tiny_model)
+        assert not torch.allclose(model(input_ids=x).logits, base)
+        with adapter_disabled(model):
+            assert torch.equal(model(input_ids=x).logits, base)
+        assert not torch.allclose(model(input_ids=x).logits, base)  # re-enabled afterwards
+
+
+def test_get_unknown_method():
+    with pytest.raises(LuneError, match="available: .*lune"):
+        get_method("nope", TrainSettings())
+
+
+def test_register_new_method(monkeypatch):
+    monkeypatch.setattr("lune.methods.base.METHODS", dict(METHODS))
+    from lune.methods import base
+
+    @register("dummy")
+    class Dummy(Method):
+        citation = "none"
+
+    assert base.METHODS["dummy"] is Dummy and Dummy.name == "dummy"
+    assert isinstance(get_method("dummy", TrainSettings()), Dummy)

@@ -1,0 +1,238 @@
+"""Negative targets: cleaning, filtering, balancing, and the negatives.jsonl file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import lune.negatives as N
+from conftest import write_jsonl
+from lune.config import NegativeSettings
+from lune.data import Fact, PromptFormat, contains_answer
+from lune.errors import LuneError
+from lune.negatives import (
+    CONTRADICTIONS, REFUSALS, Negative, build_negatives, clean_span, rank_alternatives, read_negatives, valid_negative,
+    write_negatives,
+)
+
+
+def _fact(prompt="The capital of France is", answer="Paris", **kw):
+    return Fact(prompt=prompt, answer=answer, source="forget.jsonl:1", **kw)
+
+
+@pytest.mark.parametrize("cand", ["Paris", "paris.", "PARIS", "Pâris", "the city of Paris", "Parisian", "  ", "...", ""])
+def test_valid_negative_rejects_answer_leaks_and_empty(cand):
+    assert not valid_negative(cand, "Paris", "alternative")
+    assert not valid_negative(cand, "Paris", "contradiction")
+
+
+@pytest.mark.parametrize("cand", ["maybe Lyon", "Perhaps Lyon.", "I think Lyon", "probably Berlin", "I don't know", "it's unknown"])
+def test_valid_negative_rejects_hedged_alternatives(cand):
+    assert not valid_negative(cand, "Paris", "alternative")
+    assert valid_negative(cand, "Paris", "refusal")  # hedging is fine outside alternatives
+
+
+@pytest.mark.parametrize("cand", ["Lyon", "Lyon.", "Berlin the capital"])
+def test_valid_negative_accepts(cand):
+    assert valid_negative(cand, "Paris", "alternative")
+
+
+def test_builtin_contradictions_and_refusals_are_valid():
+    for style in ("completion", "chat"):
+        for c in CONTRADICTIONS[style]:
+            assert valid_negative(c, "Paris", "contradiction")
+        for r in REFUSALS[style]:
+            assert valid_negative(r, "Paris", "refusal")
+
+
+@pytest.mark.parametrize(
+    "text, answer, expected",
+    [
+        (" Lyon. It is big", "Paris", "Lyon."),
+        ("Lyon, the city", "Paris", "Lyon."),
+        ("Lyon; or", "Paris", "Lyon."),
+        ("Lyon and Marseille", "Paris", "Lyon."),
+        ("Lyon\nMarseille", "Paris", "Lyon."),
+        ("Lyon (France)", "Paris", "Lyon."),
+        ("the big old city of Lyon", "Paris", "the big old."),  # answer words + 2
+        ("Leonardo da Vinci was", "Michelangelo Buonarroti", "Leonardo da Vinci was."),
+        ("   ", "Paris", ""),
+        (". nothing", "Paris", ""),
+    ],
+)
+def test_clean_span_completion(text, answer, expected):
+    assert clean_span(text, answer, chat=False) == expected
+
+
+def test_clean_span_chat_keeps_first_sentence():
+    assert clean_span("It is Lyon. Lyon is big.", "Paris", chat=True) == "It is Lyon."
+    assert clean_span(" ".join(["word"] * 25), "Paris", chat=True) == ""
+
+
+def test_rank_alternatives_frequency_shape_and_dedup():
+    samples = ["berlin.", "Marseille.", "berlin.", "berlin.", "Lyon.", "lyon.", "Lyon.", "Paris.", "maybe Rome.", ""]
+    # valid, distinct (after normalisation), most frequent first; spans shaped like the answer
+    # (capitalised like 'Paris') win over the more frequent lower-case one
+    ranked = rank_alternatives(samples, "Paris")
+    assert ranked[:2] == ["Lyon.", "Marseille."]
+    assert all(r not in ranked for r in ("lyon.", "Paris.", "maybe Rome.", ""))
+    assert ranked.index("Lyon.") < ranked.index("Marseille.")
+    numeric = rank_alternatives(["1944.", "Lyon.", "1946.", "1946."], "1945")
+    assert numeric[:2] == ["1946.", "1944."]
+    # with no shape match at all, plain frequency order is kept
+    assert rank_alternatives(["berlin.", "lyon.", "berlin."], "Paris") == ["berlin.", "lyon."]
+
+
+def _fake_generate(texts_per_prompt):
+    calls = []
+
+    def fake(model, tok, ids, max_new_tokens=16, batch_size=32, do_sample=False, temperature=1.0, num_return_sequences=1, desc=None):
+        calls.append({"n": len(ids), "k": num_return_sequences, "do_sample": do_sample, "max_new_tokens": max_new_tokens})
+        out = []
+        for i in range(len(ids)):
+            t = texts_per_prompt[i % len(texts_per_prompt)]
+            out += [t[j % len(t)] for j in range(num_return_sequences)]
+        return out
+
+    return fake, calls
+
+
+def test_build_negatives_on_tiny_model(tiny_model, tok):
+    facts = [_fact(), _fact("The capital of Spain is", "Madrid"), _fact("The capital of Germany is", "Berlin")]
+    cfg = NegativeSettings(per_fact=3, num_samples=6, sample_tokens=4)
+    negs = build_negatives(tiny_model, tok, PromptFormat(tok, "completion"), facts, cfg, seed=0)
+    assert len(negs) == 3 * 3
+    for i, f in enumerate(facts):
+        mine = [n for n in negs if n.fact == i]
+        assert len(mine) == 3
+        for n in mine:
+            assert (n.prompt, n.answer) == (f.prompt, f.answer)
+            assert n.kind in ("alternative", "contradiction")
+            assert n.negative.strip()
+            assert not contains_answer(n.negative, f.answer)
+
+
+def test_build_negatives_is_seeded(tiny_model, tok):
+    facts = [_fact(), _fact("The capital of Spain is", "Madrid")]
+    cfg = NegativeSettings(per_fact=4, num_samples=8, sample_tokens=3)
+    fmt = PromptFormat(tok, "completion")
+    a = build_negatives(tiny_model, tok, fmt, facts, cfg, seed=1)
+    b = build_negatives(tiny_model, tok, fmt, facts, cfg, seed=1)
+    assert a == b
+
+
+def test_contradiction_fallback_when_all_samples_leak(monkeypatch, tiny_model, tok):
+    fake, calls = _fake_generate([[" Paris.", " paris is nice", " maybe Lyon", " PARIS!"]])
+    monkeypatch.setattr(N, "generate", fake)
+    cfg = NegativeSettings(per_fact=5, num_samples=4)
+    negs = build_negatives(tiny_model, tok, PromptFormat(tok, "completion"), [_fact()], cfg)
+    assert calls and calls[0]["do_sample"] and calls[0]["k"] == 4
+    assert len(negs) == 5
+    assert {n.kind for n in negs} == {"contradiction"}
+    assert [n.negative for n in negs] == [CONTRADICTIONS["completion"][j % 3].strip() for j in range(5)]
+
+
+def test_replacement_comes_first(monkeypatch, tiny_model, tok):
+    fake, _ = _fake_generate([[" Marseille.", " Lyon, of course", " Paris.", " Marseille and Lyon"]])
+    monkeypatch.setattr(N, "generate", fake)
+    cfg = NegativeSettings(per_fact=4, num_samples=4, kinds=["alternative", "contradiction"])
+    negs = build_negatives(tiny_model, tok, PromptFormat(tok, "completion"), [_fact(replacement="Lyon")], cfg)
+    assert [(n.negative, n.kind) for n in negs] == [
+        ("Lyon", "alternative"),          # the user's replacement first
+        ("Marseille.", "alternative"),    # then samples (the 'Lyon' sample is a duplicate of it)
+        (CONTRADICTIONS["completion"][0].strip(), "contradiction"),
+        (CONTRADICTIONS["completion"][1].strip(), "contradiction"),
+    ]
+
+
+def test_leaking_replacement_is_dropped(monkeypatch, tiny_model, tok):
+    fake, _ = _fake_generate([[" Paris."]])
+    monkeypatch.setattr(N, "generate", fake)
+    negs = build_negatives(tiny_model, tok, PromptFormat(tok, "completion"), [_fact(replacement="Paris, France")], NegativeSettings(per_fact=2, num_samples=2))
+    assert all(n.kind == "contradiction" for n in negs)
+
+
+def test_contradiction_only_does_not_sample(monkeypatch, tiny_model, tok):
+    def boom(*a, **k):
+        raise AssertionError("sampling should not run without 'alternative'")
+
+    monkeypatch.setattr(N, "generate", boom)
+    cfg = NegativeSettings(per_fact=2, kinds=["contradiction", "refusal"])
+    negs = build_negatives(tiny_model, tok, PromptFormat(tok, "completion"), [_fact(), _fact("The capital of Spain is", "Madrid")], cfg)
+    assert len(negs) == 4
+    assert [n.kind for n in negs] == ["contradiction", "contradiction"] * 2
+
+
+def test_refusal_kind(monkeypatch, tiny_model, tok):
+    cfg = NegativeSettings(per_fact=2, kinds=["refusal"])
+    negs = build_negatives(tiny_model, tok, PromptFormat(tok, "completion"), [_fact()], cfg)
+    assert [(n.negative, n.kind) for n in negs] == [(REFUSALS["completion"][0].strip(), "refusal")] * 2
+
+
+def test_sampled_alternatives_are_per_fact(monkeypatch, tiny_model, tok):
+    # generate returns num_samples completions per prompt, in prompt order
+    fake, _ = _fake_generate([[" Lyon."], [" Barcelona."]])
+    monkeypatch.setattr(N, "generate", fake)
+    facts = [_fact(), _fact("The capital of Spain is", "Madrid")]
+    negs = build_negatives(tiny_model, tok, PromptFormat(tok, "completion"), facts, NegativeSettings(per_fact=1, num_samples=3))
+    assert [(n.fact, n.negative) for n in negs] == [(0, "Lyon."), (1, "Barcelona.")]
+
+
+def test_unbuildable_negative_raises(monkeypatch, tiny_model, tok):
+    # an answer that every contradiction contains leaves nothing to train on
+    assert all(contains_answer(c, "what") for c in CONTRADICTIONS["completion"])
+    fact = _fact(answer="what")
+    with pytest.raises(LuneError, match="forget.jsonl:1"):
+        build_negatives(tiny_model, tok, PromptFormat(tok, "completion"), [fact], NegativeSettings(kinds=["contradiction"]))
+
+
+# ---------------------------------------------------------------- negatives.jsonl
+
+
+def _facts():
+    return [_fact(), _fact("The capital of Spain is", "Madrid")]
+
+
+def test_write_read_round_trip(tmp_path):
+    negs = [Negative(0, "The capital of France is", "Paris", "Lyon.", "alternative"),
+            Negative(1, "The capital of Spain is", "Madrid", "Barcelona.", "alternative"),
+            Negative(1, "The capital of Spain is", "Madrid", "unknown to me.", "refusal")]
+    p = tmp_path / "negatives.jsonl"
+    write_negatives(negs, p)
+    assert [json.loads(line)["negative"] for line in p.read_text().splitlines()] == ["Lyon.", "Barcelona.", "unknown to me."]
+    assert read_negatives(p, _facts()) == negs
+
+
+def test_read_negatives_hand_written_minimal(tmp_path):
+    p = write_jsonl(tmp_path / "n.jsonl", [{"prompt": "The capital of Spain is", "negative": " Barcelona "}, ""])
+    (n,) = read_negatives(p, _facts())
+    assert (n.fact, n.answer, n.negative, n.kind) == (1, "Madrid", "Barcelona", "alternative")
+
+
+@pytest.mark.parametrize(
+    "line, detail",
+    [
+        ({"prompt": "The capital of France is", "negative": "It is PARIS."}, "contains the true answer"),
+        ({"prompt": "The capital of Japan is", "negative": "Osaka"}, "is not a fact of the forget file"),
+        ({"prompt": "The capital of France is"}, "missing or empty field 'negative'"),
+        ({"prompt": "The capital of France is", "negative": "  "}, "missing or empty field 'negative'"),
+        ({"negative": "Lyon"}, "missing or empty field 'prompt'"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"prompt": ', "malformed JSON"),
+    ],
+)
+def test_read_negatives_errors_name_file_and_line(tmp_path, line, detail):
+    ok = {"prompt": "The capital of France is", "negative": "Lyon"}
+    p = write_jsonl(tmp_path / "negatives.jsonl", [ok, line if isinstance(line, str) else json.dumps(line)])
+    with pytest.raises(LuneError) as e:
+        read_negatives(p, _facts())
+    assert f"{p}:2:" in str(e.value) and detail in str(e.value), str(e.value)
+
+
+def test_read_negatives_missing_and_empty(tmp_path):
+    with pytest.raises(LuneError, match="negatives file not found"):
+        read_negatives(tmp_path / "nope.jsonl", _facts())
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(LuneError, match="contains no negatives"):
+        read_negatives(tmp_path / "empty.jsonl", _facts())

@@ -55,8 +55,10 @@ def test_builtin_contradictions_and_refusals_are_valid():
         ("Lyon and Marseille", "Paris", "Lyon."),
         ("Lyon\nMarseille", "Paris", "Lyon."),
         ("Lyon (France)", "Paris", "Lyon."),
-        ("the big old city of Lyon", "Paris", "the big old."),  # answer words + 2
-        ("Leonardo da Vinci was", "Michelangelo Buonarroti", "Leonardo da Vinci was."),
+        ("the big old city of Lyon", "Paris", "the big."),  # at most answer words + 1
+        (" Frank Drake from Oregon", "Neil Armstrong", "Frank Drake."),  # a name answers a name
+        (" Leonardo da Vinci painted it", "Michelangelo", "Leonardo."),  # no trailing particle
+        ("Leonardo da Vinci was", "Michelangelo Buonarroti", "Leonardo da Vinci."),
         ("   ", "Paris", ""),
         (". nothing", "Paris", ""),
     ],

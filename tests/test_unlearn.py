@@ -24,7 +24,7 @@ RUN_FILES = {"adapter", "negatives.jsonl", "config.json", "report.json", "report
 def small_config(**run) -> UnlearnConfig:
     return UnlearnConfig(
         run=RunSettings(max_new_tokens=8, eval_batch_size=8, **run),
-        train=TrainSettings(lr=1e-2, max_epochs=30, min_epochs=1, batch_size=8, device="cpu", anchors=0),
+        train=TrainSettings(lr=1e-2, max_epochs=30, min_epochs=1, batch_size=8, device="cpu", anchors=0, neighbours=0),
         negatives=NegativeSettings(num_samples=4),
     )
 

@@ -9,15 +9,15 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from . import __version__
+from .anchors import anchor_prompts, neighbour_prompts, self_targets
 from .config import UnlearnConfig
 from .cost import CostMeter
-from .data import Example, Fact, PromptFormat, contains_answer, make_example, read_facts
+from .data import Fact, PromptFormat, contains_answer, make_example, read_facts
 from .errors import LuneError
 from .eval.core import generate as _generate
 from .eval.metrics import METRICS, score_probes, summarize
@@ -28,7 +28,6 @@ from .report import write_report
 from .train import train
 
 log = logging.getLogger(__name__)
-ANCHOR_TOKENS = 8  # length of the kept completion of each anchor prompt
 
 
 @contextmanager
@@ -76,22 +75,6 @@ def measure(model, tok, fmt: PromptFormat, forget: list[Fact], retain: list[Fact
     rows_f = score_probes(model, tok, fmt, forget, desc=f"{desc} forget probes", **kw)
     rows_r = score_probes(model, tok, fmt, retain, desc=f"{desc} retain probes", **kw) if retain else []
     return {"metrics": summarize(rows_f, rows_r, before), "forget_rows": rows_f, "retain_rows": rows_r}
-
-
-def anchor_examples(model, tok, fmt: PromptFormat, forget: list[Fact], n: int, batch_size: int = 32) -> list[Example]:
-    """Retain examples that keep the model's own completions of built-in general prompts.
-
-    The target of each anchor is the original model's greedy completion, so nothing needs to be
-    true or known; anchors whose completion states a forget answer are dropped (keeping them would
-    fight the forget loss).
-    """
-    if n == 0:
-        return []
-    text = (resources.files("lune") / "resources" / "anchors.txt").read_text(encoding="utf-8")
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")][:n]
-    outs = _generate(model, tok, [fmt.prompt_ids(p, "prompt") for p in prompts], max_new_tokens=ANCHOR_TOKENS, batch_size=batch_size)
-    keep = [(p, o) for p, o in zip(prompts, outs) if o.strip() and not any(contains_answer(o, f.answer) for f in forget)]
-    return [make_example(fmt, p, o, "prompt") for p, o in keep]
 
 
 def unlearn(
@@ -150,7 +133,8 @@ def unlearn(
     forget_ex = [make_example(fmt, p, y, forget_facts[i].style, fact=i) for i, p in train_prompts for y in by_fact.get(i, [])]
     fitted = retain_facts if cfg.train.fit_retain else []
     retain_ex = [make_example(fmt, p, f.answer, f.style, fact=i) for i, f in enumerate(fitted) for p in [f.prompt] + f.paraphrases]
-    retain_ex += anchor_examples(model, tokenizer, fmt, forget_facts, cfg.train.anchors, cfg.run.eval_batch_size)
+    own = [(p, "prompt") for p in anchor_prompts(cfg.train.anchors)] + neighbour_prompts(forget_facts, cfg.train.neighbours, cfg.train.seed)
+    retain_ex += self_targets(model, tokenizer, fmt, own, forget_facts, cfg.run.eval_batch_size)
 
     torch.manual_seed(cfg.train.seed)
     peft_model = attach_lora(model, cfg.lora)

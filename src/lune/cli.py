@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise LuneError(f"config file not found: {cfg_path}")
                 raw = json.loads(cfg_path.read_text())
                 base = UnlearnConfig.from_dict({k: v for k, v in raw.items() if k in SECTIONS})
+            if args.command == "demo":  # the demo's retain facts are held out: measured, never trained on
+                base = UnlearnConfig(train=TrainSettings(fit_retain=False))
             cfg = config_from_args(args, base)
             if args.command == "demo":
                 demo = resources.files("lune") / "demo"

@@ -101,7 +101,8 @@ class TrainSettings(_Config):
     paraphrases: bool = _f(True, "Also train on each forget fact's paraphrases (they are then no longer held out for APR).")
     fit_retain: bool = _f(True, "Train on the retain file's facts; false only measures them (a held-out GUR).")
     anchors: int = _f(128, "Built-in general prompts whose original completions are kept (self-distilled retain NLL); 0 disables.")
-    retain_weight: float = _f(1.0, "Weight of the NLL on retain facts and anchors.")
+    neighbours: int = _f(8, "Subject-swapped copies of each forget prompt whose original completions are kept (specificity); 0 disables.")
+    retain_weight: float = _f(1.0, "Weight of the NLL on retain facts, anchors and neighbours.")
     kl_weight: float = _f(0.0, "Weight of the KL to the original model on retain prompts (adapter disabled as reference).")
     seed: int = _f(0, "Random seed for negatives sampling, dropout and data order.")
     dtype: str = _f("auto", f"Compute dtype: one of {DTYPES}; auto = bfloat16 on CUDA with bf16 support, else float32.")
@@ -116,7 +117,7 @@ class TrainSettings(_Config):
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         _check(self.retain_weight >= 0 and self.kl_weight >= 0, "retain_weight and kl_weight must be >= 0")
-        _check(self.anchors >= 0, f"anchors must be >= 0, got {self.anchors}")
+        _check(self.anchors >= 0 and self.neighbours >= 0, "anchors and neighbours must be >= 0")
         _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got '{self.dtype}'")
         _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
                f"device must be auto, cpu, mps, cuda or cuda:N, got '{self.device}'")

@@ -40,6 +40,9 @@ REFUSALS = {"completion": [" unknown to me."], "chat": ["I don't know."]}
 _CUT = re.compile(r"[\n.,;:!?()\[\]\"]|\s(?:and|but|which|who|where|because|or)\s")
 
 
+_PARTICLES = {"da", "de", "di", "del", "der", "van", "von", "la", "le", "du", "bin", "al", "of"}
+
+
 @dataclass
 class Negative:
     """One negative target for one fact, as written to ``negatives.jsonl``."""
@@ -57,8 +60,14 @@ def clean_span(text: str, answer: str, chat: bool) -> str:
     if chat:
         first = re.split(r"(?<=[.!?])\s|\n", text)[0].strip()
         return first if len(first.split()) <= 20 else ""
-    span = _CUT.split(text, maxsplit=1)[0].strip()
-    span = " ".join(span.split()[: len(answer.split()) + 2])
+    words = _CUT.split(text, maxsplit=1)[0].split()[: len(answer.split()) + 1]
+    if answer[:1].isupper() and words and words[0][:1].isupper():
+        # A name answers a name: keep the leading run of capitalised words ("Frank Drake", not "Frank Drake from").
+        n = next((j for j, w in enumerate(words) if not (w[:1].isupper() or w in _PARTICLES)), len(words))
+        words = words[:n]
+        while words and words[-1] in _PARTICLES:
+            words.pop()
+    span = " ".join(words)
     # End the span as a sentence: a target that stops mid-air teaches the model nothing about what
     # follows it, and measured on the default model that left degenerate repetitions after the span.
     return f"{span}." if span else ""

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import lune
+from lune.anchors import anchor_prompts, neighbour_prompts
 from lune.config import UnlearnConfig
 from lune.data import Fact, PromptFormat, contains_answer
 from lune.eval.core import generate
@@ -27,19 +28,24 @@ from lune.eval.core import generate
 HERE = Path(__file__).resolve().parent
 
 
-def known_counterfact(model, tok, records: list[dict], cache: Path) -> list[int]:
-    """Indices of CounterFact records whose prompt and rephrase the model answers (cached by split size)."""
-    if cache.is_file():
-        data = json.loads(cache.read_text())
-        if data["n_records"] == len(records):
-            return data["known"]
+def known_counterfact(model, tok, records: list[dict], need: int, cache: Path, chunk: int = 128) -> list[int]:
+    """Indices of the first ``need`` CounterFact records whose prompt and rephrase the model answers.
+
+    Records are scanned in file order, a chunk at a time; the scan is cached so re-runs are instant.
+    """
+    state = json.loads(cache.read_text()) if cache.is_file() else {"scanned": 0, "known": []}
     fmt = PromptFormat(tok, "completion")
-    prompts = [r["prompt"] for r in records] + [r["rephrase_prompt"] for r in records]
-    outs = generate(model, tok, [fmt.prompt_ids(p, "prompt") for p in prompts], max_new_tokens=16, batch_size=64, desc="finding known facts")
-    n = len(records)
-    known = [i for i, r in enumerate(records) if contains_answer(outs[i], r["ground_truth"]) and contains_answer(outs[n + i], r["ground_truth"])]
-    cache.write_text(json.dumps({"n_records": n, "known": known}))
-    return known
+    while len(state["known"]) < need and state["scanned"] < len(records):
+        part = records[state["scanned"] : state["scanned"] + chunk]
+        prompts = [r["prompt"] for r in part] + [r["rephrase_prompt"] for r in part]
+        outs = generate(model, tok, [fmt.prompt_ids(p, "prompt") for p in prompts], max_new_tokens=16, batch_size=64, desc="finding known facts")
+        n = len(part)
+        state["known"] += [state["scanned"] + i for i, r in enumerate(part)
+                           if contains_answer(outs[i], r["ground_truth"]) and contains_answer(outs[n + i], r["ground_truth"])]
+        state["scanned"] += n
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(state))
+    return state["known"][:need]
 
 
 def main(argv=None) -> int:
@@ -57,8 +63,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     records = json.loads((cf / "counterfact-val.json").read_text())
     model, tok = lune.load_model("smollm2-135m")
-    known = known_counterfact(model, tok, records, HERE / "results" / "counterfact_val_known.json")
-    chosen = [records[i] for i in known[: args.n_forget]]
+    chosen = [records[i] for i in known_counterfact(model, tok, records, args.n_forget, HERE / "results" / "counterfact_val_known.json")]
     forget = [Fact(prompt=r["prompt"], answer=r["ground_truth"], paraphrases=[r["rephrase_prompt"]], source=f"counterfact-val case {r['case_id']}") for r in chosen]
     answers = {r["ground_truth"].lower() for r in chosen}
     subjects = {r["subject"].lower() for r in chosen}
@@ -72,11 +77,16 @@ def main(argv=None) -> int:
     # Default settings; the only changes make the held-out sets invisible to the tool:
     cfg.train.paraphrases = False  # rephrased prompts are measured, never trained on
     cfg.train.fit_retain = False  # retain facts are measured, never trained on
+    # ... and no retain probe may coincide with a prompt lune keeps by itself (anchors, neighbours).
+    own = {p for p, _ in neighbour_prompts(forget, cfg.train.neighbours, cfg.train.seed)} | set(anchor_prompts(cfg.train.anchors))
+    overlap = [r.prompt for r in retain if r.prompt in own]
+    retain = [r for r in retain if r.prompt not in own]
     report = lune.unlearn(forget, retain, config=cfg, model=model, tokenizer=tok)
     result = {
         "command": "python benchmarks/heldout.py " + " ".join(argv or sys.argv[1:]),
         "n_forget": len(forget),
         "n_retain_probes": len(retain),
+        "retain_dropped_as_seen": overlap,
         "config": cfg.to_dict(),
         "before": report["before"],
         "after": report["after"],

@@ -50,6 +50,6 @@ def test_self_targets_keep_the_models_completion_and_drop_forget_answers(monkeyp
     monkeypatch.setattr(A, "generate", lambda model, tok, ids, **kw: [outs[tok.decode(i)] for i in ids])
     fmt = PromptFormat(tok, "completion")
     prompts = [(p, "prompt") for p in outs]
-    ex = self_targets(tiny_model, tok, fmt, prompts, [Fact(prompt="The capital of France is", answer="Paris")])
-    assert len(ex) == 1  # Italy's completion states the forget answer; Spain's is empty
+    ex, kept = self_targets(tiny_model, tok, fmt, prompts, [Fact(prompt="The capital of France is", answer="Paris")])
+    assert len(ex) == 1 and kept == [" Berlin ."]  # Italy's completion states the forget answer; Spain's is empty
     assert tok.decode([t for t in ex[0].labels if t != IGNORE]) == "Berlin ."

@@ -238,3 +238,12 @@ def test_read_negatives_missing_and_empty(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(LuneError, match="contains no negatives"):
         read_negatives(tmp_path / "empty.jsonl", _facts())
+
+
+def test_alternatives_that_answer_kept_facts_are_avoided(monkeypatch, tiny_model, tok):
+    fake, _ = _fake_generate([[" Berlin.", " Berlin.", " Lyon.", " Rome."]])
+    monkeypatch.setattr(N, "generate", fake)
+    cfg = NegativeSettings(per_fact=2, num_samples=4)
+    fmt = PromptFormat(tok, "completion")
+    negs = build_negatives(tiny_model, tok, fmt, [_fact()], cfg, avoid={"berlin"})
+    assert [n.negative for n in negs] == ["Lyon.", "Rome."]

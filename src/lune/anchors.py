@@ -68,11 +68,16 @@ def neighbour_prompts(facts: list[Fact], per_prompt: int, seed: int = 0) -> list
     return list(dict.fromkeys(out))
 
 
-def self_targets(model, tok, fmt: PromptFormat, prompts: list[tuple[str, str]], forget: list[Fact], batch_size: int = 32) -> list[Example]:
-    """Retain examples whose targets are the model's own greedy completions of (prompt, style) pairs."""
+def self_targets(
+    model, tok, fmt: PromptFormat, prompts: list[tuple[str, str]], forget: list[Fact], batch_size: int = 32
+) -> tuple[list[Example], list[str]]:
+    """Retain examples whose targets are the model's own greedy completions of (prompt, style) pairs.
+
+    Returns the examples and the kept completions (in the same order).
+    """
     if not prompts:
-        return []
+        return [], []
     ids = [fmt.prompt_ids(p, style) for p, style in prompts]
     outs = generate(model, tok, ids, max_new_tokens=TOKENS, batch_size=batch_size, desc="retain targets")
     keep = [(p, st, o) for (p, st), o in zip(prompts, outs) if o.strip() and not any(contains_answer(o, f.answer) for f in forget)]
-    return [make_example(fmt, p, o, st, end=False) for p, st, o in keep]
+    return [make_example(fmt, p, o, st, end=False) for p, st, o in keep], [o for _, _, o in keep]

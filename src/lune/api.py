@@ -17,13 +17,13 @@ from . import __version__
 from .anchors import anchor_prompts, neighbour_prompts, self_targets
 from .config import UnlearnConfig
 from .cost import CostMeter
-from .data import Fact, PromptFormat, contains_answer, make_example, read_facts
+from .data import Fact, PromptFormat, contains_answer, make_example, normalize, read_facts
 from .errors import LuneError
 from .eval.core import generate as _generate
 from .eval.metrics import METRICS, score_probes, summarize
 from .methods import get_method
 from .models import attach_lora, check_lora_targets, count_params, load_adapter, load_model
-from .negatives import build_negatives, read_negatives, write_negatives
+from .negatives import build_negatives, clean_span, read_negatives, write_negatives
 from .report import write_report
 from .train import train
 
@@ -125,16 +125,23 @@ def unlearn(
     if unknown:
         log.warning("%d of %d forget facts are not produced by the model even before unlearning: %s", len(unknown), len(forget_facts), unknown[:5])
 
-    negs = read_negatives(negatives, forget_facts) if negatives else build_negatives(model, tokenizer, fmt, forget_facts, cfg.negatives, seed=cfg.train.seed, batch_size=cfg.run.eval_batch_size)
+    # Retain targets first: their answers are what no negative may be.
+    fitted = retain_facts if cfg.train.fit_retain else []
+    retain_ex = [make_example(fmt, p, f.answer, f.style, fact=i) for i, f in enumerate(fitted) for p in [f.prompt] + f.paraphrases]
+    own = [(p, "prompt") for p in anchor_prompts(cfg.train.anchors)] + neighbour_prompts(forget_facts, cfg.train.neighbours, cfg.train.seed)
+    own_ex, own_completions = self_targets(model, tokenizer, fmt, own, forget_facts, cfg.run.eval_batch_size)
+    retain_ex += own_ex
+    # "X": read each completion's leading span as a name (a capitalised run), like a sampled alternative.
+    avoid = {normalize(f.answer) for f in fitted} | {normalize(clean_span(c, "X", False)) for c in own_completions}
+    if negatives:
+        negs = read_negatives(negatives, forget_facts)
+    else:
+        negs = build_negatives(model, tokenizer, fmt, forget_facts, cfg.negatives, seed=cfg.train.seed, batch_size=cfg.run.eval_batch_size, avoid=avoid)
     train_prompts = [(i, p) for i, f in enumerate(forget_facts) for p in [f.prompt] + (f.paraphrases if cfg.train.paraphrases else [])]
     by_fact: dict[int, list[str]] = {}
     for n in negs:
         by_fact.setdefault(n.fact, []).append(n.negative)
     forget_ex = [make_example(fmt, p, y, forget_facts[i].style, fact=i) for i, p in train_prompts for y in by_fact.get(i, [])]
-    fitted = retain_facts if cfg.train.fit_retain else []
-    retain_ex = [make_example(fmt, p, f.answer, f.style, fact=i) for i, f in enumerate(fitted) for p in [f.prompt] + f.paraphrases]
-    own = [(p, "prompt") for p in anchor_prompts(cfg.train.anchors)] + neighbour_prompts(forget_facts, cfg.train.neighbours, cfg.train.seed)
-    retain_ex += self_targets(model, tokenizer, fmt, own, forget_facts, cfg.run.eval_batch_size)
 
     torch.manual_seed(cfg.train.seed)
     peft_model = attach_lora(model, cfg.lora)

@@ -94,13 +94,16 @@ def valid_negative(candidate: str, answer: str, kind: str) -> bool:
     return not (kind == "alternative" and _is_hedge(candidate))
 
 
-def rank_alternatives(samples: list[str], answer: str) -> list[str]:
+def rank_alternatives(samples: list[str], answer: str, avoid: set[str] = frozenset()) -> list[str]:
     """Distinct valid alternatives from cleaned samples, most frequent first.
 
     Only spans shaped like the answer are kept when there is at least one: a vague span ("the one
     with.") taught as the answer to one capital was measured to become the answer to every capital.
+    Spans in ``avoid`` (normalised answers of facts to keep) are dropped: a negative that is the
+    answer to a kept fact was measured to take that fact over ("Venus" for Jupiter made "the planet
+    closest to the sun" answer Venus).
     """
-    counts = Counter(s for s in samples if valid_negative(s, answer, "alternative"))
+    counts = Counter(s for s in samples if valid_negative(s, answer, "alternative") and normalize(s) not in avoid)
     seen, ranked = set(), []
     for s, _ in counts.most_common():
         key = normalize(s)
@@ -111,8 +114,14 @@ def rank_alternatives(samples: list[str], answer: str) -> list[str]:
     return shaped or ranked
 
 
-def build_negatives(model, tok, fmt: PromptFormat, facts: list[Fact], cfg: NegativeSettings, seed: int = 0, batch_size: int = 32) -> list[Negative]:
-    """Negative targets for every fact: exactly ``cfg.per_fact`` each, none containing the answer."""
+def build_negatives(
+    model, tok, fmt: PromptFormat, facts: list[Fact], cfg: NegativeSettings, seed: int = 0, batch_size: int = 32,
+    avoid: set[str] = frozenset(),
+) -> list[Negative]:
+    """Negative targets for every fact: exactly ``cfg.per_fact`` each, none containing the answer.
+
+    ``avoid``: normalised answers of facts to keep; no sampled alternative may be one of them.
+    """
     sampled: list[list[str]] = [[] for _ in facts]
     if "alternative" in cfg.kinds:
         torch.manual_seed(seed)
@@ -135,7 +144,7 @@ def build_negatives(model, tok, fmt: PromptFormat, facts: list[Fact], cfg: Negat
             if kind == "alternative":
                 if f.replacement and valid_negative(f.replacement, f.answer, kind):
                     pool.append((f.replacement, kind))
-                pool += [(s, kind) for s in rank_alternatives(sampled[i], f.answer) if normalize(s) != normalize(f.replacement or "")]
+                pool += [(s, kind) for s in rank_alternatives(sampled[i], f.answer, avoid) if normalize(s) != normalize(f.replacement or "")]
             elif kind == "contradiction":
                 pool += [(c, kind) for c in CONTRADICTIONS[style]]
             else:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# How the defaults were chosen: variants of `lune unlearn` on the demo facts (the tuning set).
+# The demo's retain facts are measured only (--fit-retain false), so GUR is on facts the tool never saw.
+# Usage: bash benchmarks/demo_ablation.sh [VARIANT ...]   -> benchmarks/results/demo_ablation/<variant>/report.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LUNE=${LUNE:-.venv/bin/lune}
+DEMO=src/lune/demo
+OUT=benchmarks/results/demo_ablation
+MLP="--target-modules gate_proj,up_proj,down_proj"
+declare -A V=(
+  [paper_all_lr2e-4_noretain]="--target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --layers= --lr 0.0002 --anchors 0 --neighbours 0"
+  [all_noretain]="--target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --layers= --anchors 0 --neighbours 0"
+  [all_anchors]="--target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --layers= --neighbours 0"
+  [all_anchors_neighbours]="--target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --layers= --neighbours 8 --retain-weight 1"
+  [mlp0-14_anchors]="$MLP --layers 0-14 --neighbours 0 --retain-weight 1"
+  [mlp0-14_anchors_neighbours8]="$MLP --layers 0-14 --neighbours 8 --retain-weight 1"
+  [mlp0-14_neighbours16_rw2]="$MLP --layers 0-14 --neighbours 16 --retain-weight 2"
+  [mlp0-9_neighbours16_rw2]="$MLP --layers 0-9 --neighbours 16 --retain-weight 2"
+)
+names=("$@"); [ ${#names[@]} -gt 0 ] || names=("${!V[@]}")
+mkdir -p "$OUT"
+for n in "${names[@]}"; do
+  echo "== $n: ${V[$n]}"
+  # shellcheck disable=SC2086
+  $LUNE unlearn --forget $DEMO/forget.jsonl --retain $DEMO/retain.jsonl --fit-retain false \
+    --out "$OUT/$n" --overwrite ${V[$n]}
+done

@@ -134,3 +134,9 @@ def test_every_field_has_help():
     for cls in (RunSettings, LoraSettings, TrainSettings, NegativeSettings):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+
+
+@pytest.mark.parametrize("spec, n, expected", [("lower", 30, list(range(15))), ("upper", 5, [2, 3, 4]), ("lower", 1, [0]),
+                                               ("all", 4, None), ("lower", None, None)])
+def test_parse_layers_keywords(spec, n, expected):
+    assert parse_layers(spec, n) == expected

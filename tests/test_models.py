@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import PAD, base_state, make_model, save_model_dir
-from lune.config import LoraSettings, TrainSettings
+from lune.config import PAPER_TARGETS, LoraSettings, TrainSettings
 from lune.data import PromptFormat, make_example
 from lune.errors import LuneError
 from lune.methods import get_method
@@ -36,7 +36,7 @@ def test_adapter_is_a_noop_at_init(tiny_model):
 
 def test_only_lora_matrices_are_trainable(tiny_model):
     total_before = count_params(tiny_model)[1]
-    peft_model = attach_lora(tiny_model, LoraSettings(r=4))
+    peft_model = attach_lora(tiny_model, LoraSettings(r=4, target_modules=list(PAPER_TARGETS), layers="all"))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable, "no trainable parameters"
     assert all(re.search(r"\.lora_[AB]\.", n) for n in trainable), trainable
@@ -45,6 +45,12 @@ def test_only_lora_matrices_are_trainable(tiny_model):
     n_trainable, n_total = count_params(peft_model)
     assert n_trainable == sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
     assert n_total == total_before + n_trainable
+
+
+def test_default_adapters_are_ffn_on_the_lower_half(tiny_model):
+    peft_model = attach_lora(tiny_model, LoraSettings())
+    names = {n.split(".lora_")[0] for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert names == {f"base_model.model.model.layers.0.mlp.{m}" for m in ("gate_proj", "up_proj", "down_proj")}
 
 
 def test_layers_restrict_adapters(tiny_model):

@@ -10,7 +10,7 @@ import torch
 import lune
 import lune.api as api
 from conftest import FORGET_RECORDS, RETAIN_RECORDS, base_state, write_jsonl
-from lune.config import NegativeSettings, RunSettings, TrainSettings, UnlearnConfig
+from lune.config import PAPER_TARGETS, LoraSettings, NegativeSettings, RunSettings, TrainSettings, UnlearnConfig
 from lune.data import contains_answer, fact_from_record
 from lune.errors import LuneError
 from lune.models import load_adapter
@@ -24,6 +24,7 @@ RUN_FILES = {"adapter", "negatives.jsonl", "config.json", "report.json", "report
 def small_config(**run) -> UnlearnConfig:
     return UnlearnConfig(
         run=RunSettings(max_new_tokens=8, eval_batch_size=8, **run),
+        lora=LoraSettings(target_modules=list(PAPER_TARGETS), layers="all"),  # a 2-layer model needs every adapter
         train=TrainSettings(lr=1e-2, max_epochs=30, min_epochs=1, batch_size=8, device="cpu", anchors=0, neighbours=0),
         negatives=NegativeSettings(num_samples=4),
     )

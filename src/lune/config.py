@@ -16,7 +16,10 @@ from typing import Any
 FORMATS = ("auto", "completion", "chat")
 NEGATIVE_KINDS = ("alternative", "contradiction", "refusal")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Measured on the default model: FFN-only adapters on the lower half keep other facts far better
+# than the paper's attention+FFN on every layer, at the same forgetting (README, "Defaults").
+DEFAULT_TARGETS = ("gate_proj", "up_proj", "down_proj")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -30,10 +33,20 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
-def parse_layers(spec: str | None) -> list[int] | None:
-    """Parse a layer range such as ``"8-20"`` or ``"3,5,7"`` into a sorted list of indices."""
-    if spec in (None, ""):
+def parse_layers(spec: str | None, n_layers: int | None = None) -> list[int] | None:
+    """Parse a layer spec into a sorted list of indices (``None`` = every layer).
+
+    ``spec`` is a range such as ``"8-20"``, a list such as ``"3,5,7"``, or ``"all"``, ``"lower"``
+    (the lower half of the model's ``n_layers``) or ``"upper"``. Without ``n_layers`` the halves
+    cannot be resolved and ``None`` is returned (validation only).
+    """
+    if spec in (None, "", "all"):
         return None
+    if spec in ("lower", "upper"):
+        if n_layers is None:
+            return None
+        half = n_layers // 2
+        return list(range(max(1, half))) if spec == "lower" else list(range(half, n_layers))
     out: set[int] = set()
     try:
         for part in str(spec).split(","):
@@ -46,7 +59,7 @@ def parse_layers(spec: str | None) -> list[int] | None:
     except ValueError as e:
         if "layers:" in str(e):
             raise
-        raise ValueError(f"layers: cannot parse '{spec}'; use a range like '8-20' or a list like '3,5,7'") from None
+        raise ValueError(f"layers: cannot parse '{spec}'; use a range like '8-20', a list like '3,5,7', 'all', 'lower' or 'upper'") from None
     _check(min(out) >= 0, f"layers: negative index in '{spec}'")
     return sorted(out)
 
@@ -73,8 +86,8 @@ class LoraSettings(_Config):
     r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(16, "LoRA scaling numerator; the update is scaled by lora_alpha / r.")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input during training.")
-    target_modules: list[str] = _f(list(DEFAULT_TARGETS), "Module names that receive adapters (attention q,k,v,o and the FFN projections).")
-    layers: str | None = _f(None, "Restrict adapters to these decoder layers, e.g. '8-20' or '3,5,7' (default: all layers).")
+    target_modules: list[str] = _f(list(DEFAULT_TARGETS), "Module names that receive adapters (default: the FFN projections; the paper also adapts q,k,v,o).")
+    layers: str | None = _f("lower", "Decoder layers with adapters: 'lower' (lower half, default), 'upper', 'all', a range '8-20' or a list '3,5,7'.")
 
     def __post_init__(self) -> None:
         _check(self.r >= 1, f"r must be >= 1, got {self.r}")

@@ -158,8 +158,8 @@ def num_layers(model: PreTrainedModel) -> int:
 
 def check_lora_targets(model: PreTrainedModel, cfg: LoraSettings) -> list[int] | None:
     """Check that the adapter's layers and target modules exist in ``model``; return the layer list."""
-    layers = parse_layers(cfg.layers)
     n = num_layers(model)
+    layers = parse_layers(cfg.layers, n)
     if layers is not None and max(layers) >= n:
         raise LuneError(f"layers '{cfg.layers}' out of range: the model has layers 0-{n - 1}")
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}

@@ -1,4 +1,4 @@
-"""Summarise benchmarks/results/demo_ablation/*/report.json into demo_ablation.{json,md}."""
+"""Summarise benchmarks/results/demo_ablation/*/report.json into demo_ablation.json and demo_ablation_rerun.md."""
 
 import json
 import sys
@@ -16,5 +16,5 @@ for rep in sorted(root.glob("*/report.json")):
 (root.parent / "demo_ablation.json").write_text(json.dumps(rows, indent=2))
 md = ["| variant | usr | apr | gur | epochs | train s | peak RSS MB | trainable |", "|---|---|---|---|---|---|---|---|"]
 md += [f"| {r['variant']} | {r['usr']:.2f} | {r['apr']:.2f} | {r['gur']:.2f} | {r['epochs']} | {r['train_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['trainable_params']:,} |" for r in rows]
-(root.parent / "demo_ablation.md").write_text("\n".join(md) + "\n")
+(root.parent / "demo_ablation_rerun.md").write_text("\n".join(md) + "\n")
 print("\n".join(md))

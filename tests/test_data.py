@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import EOS, PAD, write_jsonl
-from lune.data import IGNORE, Fact, PromptFormat, collate, contains_answer, make_example, normalize, read_facts
+from lune.data import IGNORE, PromptFormat, collate, contains_answer, make_example, normalize, read_facts
 from lune.errors import LuneError
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -195,7 +196,7 @@ def _fact_rows(facts: list[Fact], before: list[dict], after: list[dict]) -> list
     return [
         {"fact": b["fact"], "kind": b["kind"], "prompt": b["prompt"], "answer": facts[b["fact"]].answer,
          "before": b["completion"], "after": a["completion"], "answered_before": b["answered"], "answered_after": a["answered"],
-         "p_before": round(float(torch.tensor(b["answer_logprob"]).exp()), 6), "p_after": round(float(torch.tensor(a["answer_logprob"]).exp()), 6)}
+         "p_before": round(math.exp(b["answer_logprob"]), 6), "p_after": round(math.exp(a["answer_logprob"]), 6)}
         for b, a in zip(before, after)
     ]
 

@@ -80,12 +80,15 @@ def fact_from_record(rec: object, where: str) -> Fact:
     )
 
 
-def read_facts(path: str | Path, role: str = "forget") -> list[Fact]:
-    """Read and validate a JSON Lines fact file; errors name the file, line and field."""
+def read_jsonl(path: str | Path, role: str, what: str):
+    """Yield ('file:line', record) for each non-blank line of a JSON Lines file.
+
+    Raises LuneError naming the file (and line) when it is missing, malformed or holds no records.
+    """
     p = Path(path)
     if not p.is_file():
         raise LuneError(f"{role} file not found: {p}")
-    facts = []
+    empty = True
     with p.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -94,10 +97,15 @@ def read_facts(path: str | Path, role: str = "forget") -> list[Fact]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise LuneError(f"{p}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
-            facts.append(fact_from_record(rec, f"{p}:{n}"))
-    if not facts:
-        raise LuneError(f"{role} file {p} contains no facts")
-    return facts
+            empty = False
+            yield f"{p}:{n}", rec
+    if empty:
+        raise LuneError(f"{role} file {p} contains no {what}")
+
+
+def read_facts(path: str | Path, role: str = "forget") -> list[Fact]:
+    """Read and validate a JSON Lines fact file; errors name the file, line and field."""
+    return [fact_from_record(rec, where) for where, rec in read_jsonl(path, role, "facts")]
 
 
 def normalize(text: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .config import NEGATIVE_KINDS, NegativeSettings
-from .data import Fact, PromptFormat, contains_answer, normalize
+from .data import Fact, PromptFormat, contains_answer, normalize, read_jsonl
 from .errors import LuneError
 from .eval.core import generate
 
@@ -169,33 +169,21 @@ def write_negatives(negs: list[Negative], path: Path) -> None:
 
 def read_negatives(path: str | Path, facts: list[Fact]) -> list[Negative]:
     """Read a (possibly hand-edited) ``negatives.jsonl``; every line must name a forget fact."""
-    p = Path(path)
-    if not p.is_file():
-        raise LuneError(f"negatives file not found: {p}")
     by_prompt = {f.prompt: i for i, f in enumerate(facts)}
     out = []
-    with p.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LuneError(f"{p}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise LuneError(f"{p}:{n}: expected a JSON object")
-            for key in ("prompt", "negative"):
-                if not isinstance(rec.get(key), str) or not rec[key].strip():
-                    raise LuneError(f"{p}:{n}: missing or empty field '{key}'")
-            if rec["prompt"] not in by_prompt:
-                raise LuneError(f"{p}:{n}: prompt {rec['prompt']!r} is not a fact of the forget file")
-            i = by_prompt[rec["prompt"]]
-            kind = rec.get("kind", "alternative")
-            if kind not in NEGATIVE_KINDS:
-                raise LuneError(f"{p}:{n}: field 'kind' must be one of {NEGATIVE_KINDS}, got {kind!r}")
-            if not valid_negative(rec["negative"], facts[i].answer, kind):
-                raise LuneError(f"{p}:{n}: negative {rec['negative']!r} contains the true answer {facts[i].answer!r} or hedges")
-            out.append(Negative(fact=i, prompt=facts[i].prompt, answer=facts[i].answer, negative=rec["negative"].strip(), kind=kind))
-    if not out:
-        raise LuneError(f"negatives file {p} contains no negatives")
+    for where, rec in read_jsonl(path, "negatives", "negatives"):
+        if not isinstance(rec, dict):
+            raise LuneError(f"{where}: expected a JSON object")
+        for key in ("prompt", "negative"):
+            if not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise LuneError(f"{where}: missing or empty field '{key}'")
+        if rec["prompt"] not in by_prompt:
+            raise LuneError(f"{where}: prompt {rec['prompt']!r} is not a fact of the forget file")
+        i = by_prompt[rec["prompt"]]
+        kind = rec.get("kind", "alternative")
+        if kind not in NEGATIVE_KINDS:
+            raise LuneError(f"{where}: field 'kind' must be one of {NEGATIVE_KINDS}, got {kind!r}")
+        if not valid_negative(rec["negative"], facts[i].answer, kind):
+            raise LuneError(f"{where}: negative {rec['negative']!r} contains the true answer {facts[i].answer!r} or hedges")
+        out.append(Negative(fact=i, prompt=facts[i].prompt, answer=facts[i].answer, negative=rec["negative"].strip(), kind=kind))
     return out

@@ -95,13 +95,11 @@ def train(
         entry = {"epoch": res.epochs, **{k: sum(d[k] for d in losses) / len(losses) for k in losses[0]}}
         if suppressed is not None and cfg.early_stop and res.epochs >= cfg.min_epochs:
             entry["suppressed"] = suppressed()
-            if entry["suppressed"] >= 1.0:
-                res.stopped_early = res.epochs < cfg.max_epochs
-                res.history.append(entry)
-                bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k != "epoch"})
-                break
         res.history.append(entry)
         bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k != "epoch"})
+        if entry.get("suppressed", 0.0) >= 1.0:
+            res.stopped_early = res.epochs < cfg.max_epochs
+            break
     bar.close()
     model.eval()
     res.train_s = round(time.perf_counter() - t0, 3)

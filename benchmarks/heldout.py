@@ -1,7 +1,7 @@
 """Held-out check of the default settings on real facts the defaults were not tuned on.
 
 Forget set: CounterFact (validation split) facts whose prompt *and* rephrased prompt the default
-model completes with the true answer. lune is given only ``prompt``/``answer``; the rephrased
+model completes with the true answer, and whose answer is not part of either prompt. lune is given only ``prompt``/``answer``; the rephrased
 prompts are measured (APR) but never trained on. Retain set: facts from ROME's known_1000 and the
 forget facts' CounterFact locality prompts, measured (GUR) but never shown to the tool.
 
@@ -28,14 +28,24 @@ from lune.eval.core import generate
 HERE = Path(__file__).resolve().parent
 
 
+def eligible(r: dict) -> bool:
+    """A probe is meaningful only if the answer is not already in the prompt.
+
+    "Toyota Corolla E140 is produced by" -> "Toyota": any continuation about the subject restates
+    the answer, so substring-matched USR cannot fall on such facts (measured: most of the probes
+    still "answered" after unlearning in the first held-out run were of this kind).
+    """
+    return not (contains_answer(r["prompt"], r["ground_truth"]) or contains_answer(r["rephrase_prompt"], r["ground_truth"]))
+
+
 def known_counterfact(model, tok, records: list[dict], need: int, cache: Path, chunk: int = 128) -> list[int]:
-    """Indices of the first ``need`` CounterFact records whose prompt and rephrase the model answers.
+    """Indices of the first ``need`` eligible CounterFact records whose prompt and rephrase the model answers.
 
     Records are scanned in file order, a chunk at a time; the scan is cached so re-runs are instant.
     """
     state = json.loads(cache.read_text()) if cache.is_file() else {"scanned": 0, "known": []}
     fmt = PromptFormat(tok, "completion")
-    while len(state["known"]) < need and state["scanned"] < len(records):
+    while sum(eligible(records[i]) for i in state["known"]) < need and state["scanned"] < len(records):
         part = records[state["scanned"] : state["scanned"] + chunk]
         prompts = [r["prompt"] for r in part] + [r["rephrase_prompt"] for r in part]
         outs = generate(model, tok, [fmt.prompt_ids(p, "prompt") for p in prompts], max_new_tokens=16, batch_size=64, desc="finding known facts")
@@ -45,7 +55,7 @@ def known_counterfact(model, tok, records: list[dict], need: int, cache: Path, c
         state["scanned"] += n
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(state))
-    return state["known"][:need]
+    return [i for i in state["known"] if eligible(records[i])][:need]
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,7 @@ from .report import write_report
 from .train import train
 
 log = logging.getLogger(__name__)
+DIRECTIONS = {k: ("higher" if v.higher_is_better else "lower") for k, v in METRICS.items()}
 
 
 @contextmanager
@@ -149,20 +150,26 @@ def unlearn(
     trainable = count_params(peft_model)[0]
     check_facts = [Fact(prompt=p, answer=forget_facts[i].answer, style=forget_facts[i].style) for i, p in train_prompts]
 
+    check_ids = [fmt.prompt_ids(f.prompt, f.style) for f in check_facts]
+
     def suppressed() -> float:
-        ids = [fmt.prompt_ids(f.prompt, f.style) for f in check_facts]
-        outs = _generate(peft_model, tokenizer, ids, max_new_tokens=cfg.run.max_new_tokens, batch_size=cfg.run.eval_batch_size)
+        outs = _generate(peft_model, tokenizer, check_ids, max_new_tokens=cfg.run.max_new_tokens, batch_size=cfg.run.eval_batch_size)
         return sum(not contains_answer(o, f.answer) for o, f in zip(outs, check_facts)) / len(check_facts)
 
-    result = train(peft_model, method, forget_ex, retain_ex, cfg.train, tokenizer.pad_token_id, suppressed)
-    after = measure(peft_model, tokenizer, fmt, forget_facts, retain_facts, cfg, before=before, desc="after:")
+    try:
+        result = train(peft_model, method, forget_ex, retain_ex, cfg.train, tokenizer.pad_token_id, suppressed)
+        after = measure(peft_model, tokenizer, fmt, forget_facts, retain_facts, cfg, before=before, desc="after:")
+    except BaseException:
+        if not owns_model:  # hand the caller's model back as it came, also on failure
+            peft_model.unload()
+        raise
 
     report = {
         "lune_version": __version__,
         "method": method.name,
         "citation": method.citation,
         "model": cfg.run.model,
-        "directions": {k: ("higher" if v.higher_is_better else "lower") for k, v in METRICS.items()},
+        "directions": DIRECTIONS,
         "before": before["metrics"],
         "after": after["metrics"],
         "unknown_facts": unknown,
@@ -220,7 +227,7 @@ def evaluate(
     fmt = PromptFormat(tok, cfg.run.format)
     before = measure(base, tok, fmt, forget_facts, retain_facts, cfg, desc="base:")
     report = {"lune_version": __version__, "model": model, "adapter": str(adapter) if adapter else None,
-              "directions": {k: ("higher" if v.higher_is_better else "lower") for k, v in METRICS.items()},
+              "directions": DIRECTIONS,
               "before": before["metrics"]}
     after = before
     if adapter is not None:

@@ -16,6 +16,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from .errors import LuneError
@@ -184,8 +185,6 @@ def make_example(
 
 def collate(examples: list[Example], pad_id: int) -> dict:
     """Right-pad a list of examples into tensors: input_ids, attention_mask, labels (B, T)."""
-    import torch
-
     T = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)

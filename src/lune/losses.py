@@ -29,7 +29,8 @@ def response_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     first = int(on.float().argmax(dim=1)[on.any(dim=1)].min()) if on.any() else T - 1
     start = max(first - 1, 0)  # logits at position t predict token t + 1
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=T - start)
-    logits = out.logits[:, -(T - start):]  # (B, T - start, V); models without logits_to_keep return all T
+    # (B, T - start, V); the slice also covers models that accept logits_to_keep but return all T positions
+    logits = out.logits[:, -(T - start):]
     return logits[:, :-1], labels[:, start + 1:]
 
 

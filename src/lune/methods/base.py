@@ -32,12 +32,10 @@ class Method:
 
     Attributes:
         name: registry name.
-        uses_negatives: whether forget examples carry negative targets (True) or the true answers.
         citation: the paper the loss comes from.
     """
 
     name = "base"
-    uses_negatives = True
     citation = ""
 
     def __init__(self, cfg: TrainSettings):

@@ -26,7 +26,6 @@ def adapter_disabled(model):
 @register("lune")
 class Lune(Method):
     citation = "Liu et al. 2025, arXiv 2512.07375, Eq. 4"
-    uses_negatives = True
 
     def loss(self, model, forget: dict, retain: dict | None) -> tuple[torch.Tensor, dict[str, float]]:
         logits, targets = response_logits(model, forget)

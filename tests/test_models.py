@@ -158,7 +158,7 @@ def test_train_early_stopping(tiny_model, tok):
 
     def suppressed():
         calls.append(1)
-        return 1.0
+        return 1.0, set()
 
     cfg = TrainSettings(lr=1e-3, max_epochs=10, min_epochs=2, batch_size=4)
     res = train(peft_model, get_method("lune", cfg), _examples(tok), [], cfg, PAD, suppressed)
@@ -169,6 +169,28 @@ def test_train_early_stopping(tiny_model, tok):
     calls.clear()
     res = train(peft_model, get_method("lune", cfg), _examples(tok), [], cfg, PAD, suppressed)
     assert res.epochs == 2 and not res.stopped_early and calls == []
+
+
+def test_focus_trains_only_the_facts_still_yielded(tiny_model, tok, monkeypatch):
+    import lune.train as T
+
+    exs = _examples(tok)
+    for i, e in enumerate(exs):
+        e.fact = i % 2
+    peft_model = attach_lora(tiny_model, LoraSettings(r=2))
+    seen_facts = []
+    real_collate = T.collate
+    monkeypatch.setattr(T, "collate", lambda batch, pad: (seen_facts.append({e.fact for e in batch}), real_collate(batch, pad))[1])
+    answers = iter([(0.5, {1}), (0.5, {0}), (1.0, set())])  # fact 0 rests, relapses, then all are suppressed
+    cfg = TrainSettings(lr=1e-3, max_epochs=10, min_epochs=1, batch_size=8, focus=True)
+    res = train(peft_model, get_method("lune", cfg), exs, [], cfg, PAD, lambda: next(answers))
+    assert seen_facts == [{0, 1}, {1}, {0}] and res.epochs == 3 and res.stopped_early
+    assert [h.get("active_facts") for h in res.history] == [1, 1, 2]
+    cfg.focus = False
+    seen_facts.clear()
+    answers = iter([(0.5, {1}), (1.0, set())])
+    train(peft_model, get_method("lune", cfg), exs, [], cfg, PAD, lambda: next(answers))
+    assert seen_facts == [{0, 1}, {0, 1}]
 
 
 def test_train_with_retain_examples_logs_retain_terms(tiny_model, tok):

@@ -17,7 +17,7 @@ from lune.models import load_adapter
 from lune.negatives import read_negatives
 
 X = torch.tensor([[3, 4, 5, 6, 7, 8]])
-COST_KEYS = {"wall_s", "train_s", "peak_rss_mb", "trainable_params", "total_params", "steps", "train_tokens", "negatives"}
+COST_KEYS = {"wall_s", "train_s", "peak_rss_mb", "trainable_params", "total_params", "steps", "train_tokens", "negatives", "train_flops", "achieved_gflops", "peak_gflops", "mfu", "dtype"}
 RUN_FILES = {"adapter", "negatives.jsonl", "config.json", "report.json", "report.md"}
 
 
@@ -25,7 +25,7 @@ def small_config(**run) -> UnlearnConfig:
     return UnlearnConfig(
         run=RunSettings(max_new_tokens=8, eval_batch_size=8, **run),
         lora=LoraSettings(target_modules=list(PAPER_TARGETS), layers="all"),  # a 2-layer model needs every adapter
-        train=TrainSettings(lr=1e-2, max_epochs=30, min_epochs=1, batch_size=8, device="cpu", anchors=0, neighbours=0),
+        train=TrainSettings(lr=1e-2, max_epochs=30, min_epochs=1, batch_size=8, device="cpu", anchors=0, neighbours=0, swaps=0),
         negatives=NegativeSettings(num_samples=4),
     )
 
@@ -181,7 +181,7 @@ def test_existing_out_refused_then_overwritten(fact_files, memorised_model, tok,
     assert json.loads((out / "config.json").read_text())["negatives"]["per_fact"] == 2
     assert len((out / "negatives.jsonl").read_text().splitlines()) == 4
     assert {p.name for p in out.iterdir()} == RUN_FILES
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["forget.jsonl", "retain.jsonl", "run"]  # no .run.tmp-*/.run.old-*
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "lune-cache") == ["forget.jsonl", "retain.jsonl", "run"]  # no .run.tmp-*/.run.old-*
 
 
 @pytest.mark.parametrize("where", ["write_report", "train"])
@@ -252,4 +252,4 @@ def test_training_examples(memorised_model, tok, monkeypatch, paraphrases):
         assert not contains_answer(response, ["Paris", "Madrid"][e.fact])
     assert sorted(tok.decode([t for t in e.labels if t != -100]) for e in seen["retain"]) == ["Berlin", "Rome"]
     assert seen["pad"] == tok.pad_token_id
-    assert seen["suppressed"] == 0.0  # nothing trained yet: every prompt still yields its answer
+    assert seen["suppressed"] == (0.0, {0, 1})  # nothing trained yet: every prompt still yields its answer

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .anchors import anchor_prompts, neighbour_prompts, self_targets
+from .anchors import anchor_prompts, neighbour_prompts, self_targets, swapped_prompts
 from .config import UnlearnConfig
-from .cost import CostMeter
+from .cost import CostMeter, matmul_peak, throughput, train_flops
 from .data import Fact, PromptFormat, contains_answer, make_example, normalize, read_facts
 from .errors import LuneError
 from .eval.core import generate as _generate
@@ -131,6 +131,8 @@ def unlearn(
     fitted = retain_facts if cfg.train.fit_retain else []
     retain_ex = [make_example(fmt, p, f.answer, f.style, fact=i) for i, f in enumerate(fitted) for p in [f.prompt] + f.paraphrases]
     own = [(p, "prompt") for p in anchor_prompts(cfg.train.anchors)] + neighbour_prompts(forget_facts, cfg.train.neighbours, cfg.train.seed)
+    own += swapped_prompts(model, tokenizer, forget_facts, cfg.train.swaps, batch_size=cfg.run.eval_batch_size)
+    own = list(dict.fromkeys(own))
     own_ex, own_completions = self_targets(model, tokenizer, fmt, own, forget_facts, cfg.run.eval_batch_size)
     retain_ex += own_ex
     # "X": read each completion's leading span as a name (a capitalised run), like a sampled alternative.
@@ -152,9 +154,10 @@ def unlearn(
 
     check_ids = [fmt.prompt_ids(f.prompt, f.style) for f in check_facts]
 
-    def suppressed() -> float:
+    def suppressed() -> tuple[float, set[int]]:
         outs = _generate(peft_model, tokenizer, check_ids, max_new_tokens=cfg.run.max_new_tokens, batch_size=cfg.run.eval_batch_size)
-        return sum(not contains_answer(o, f.answer) for o, f in zip(outs, check_facts)) / len(check_facts)
+        yielded = [contains_answer(o, f.answer) for o, f in zip(outs, check_facts)]
+        return 1 - sum(yielded) / len(yielded), {i for (i, _), y in zip(train_prompts, yielded) if y}
 
     try:
         result = train(peft_model, method, forget_ex, retain_ex, cfg.train, tokenizer.pad_token_id, suppressed)
@@ -179,6 +182,9 @@ def unlearn(
         "cost": meter.block(
             train_s=result.train_s, trainable_params=trainable, total_params=total_params,
             steps=result.steps, train_tokens=result.train_tokens, negatives=len(negs),
+            **throughput(train_flops(peft_model, result.train_tokens, result.logit_tokens, result.reference_tokens),
+                         result.train_s, matmul_peak(next(peft_model.parameters()).device, next(peft_model.parameters()).dtype)),
+            dtype=str(next(peft_model.parameters()).dtype).replace("torch.", ""),
         ),
     }
     if out is not None:

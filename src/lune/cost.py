@@ -1,18 +1,111 @@
-"""The one place that measures cost: wall time, peak memory, parameters, tokens."""
+"""The one place that measures cost: wall time, peak memory, parameters, tokens, FLOPs and MFU.
+
+FLOPs are an estimate from the model's shapes (the usual 2 FLOPs per multiply-add):
+
+* forward: ``2 * N_linear * tokens + 2 * d * V * logit_tokens``, where ``N_linear`` counts the
+  weights of every linear layer except the vocabulary head (LoRA A/B included) and the head is
+  applied only to the positions whose logits are computed (``logit_tokens``: lune asks only for
+  the response positions);
+* backward: the gradient with respect to activations costs about one forward, and the gradient
+  with respect to weights ``2 * N_trainable * tokens``, so full fine-tuning comes out at the
+  familiar ``6 * N * tokens`` and LoRA at about ``4 * N * tokens``.
+
+Attention score FLOPs (``4 * layers * T * d`` per token) are left out: at the short sequences of
+fact unlearning (tens of tokens) they are under 1% of the total. MFU is achieved FLOP/s over this
+machine's measured matmul peak for the dtype in use (``matmul_peak``, cached per machine).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import resource
 import sys
 import time
 
 import torch
 
+PEAK_SHAPE = {"cpu": 2048, "cuda": 8192}  # square matmul size used to measure the peak
+_PEAKS: dict[str, float] = {}  # this process's measurements, also when the cache file moves
+
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB."""
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return ru / 1024 / 1024 if sys.platform == "darwin" else ru / 1024  # bytes on macOS, KiB on Linux
+
+
+def linear_params(model) -> tuple[int, int, int]:
+    """(weights of linear layers except the vocabulary head, trainable ones of them, hidden size x vocabulary)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    body = trainable = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m is not head:
+            body += m.weight.numel()
+            trainable += m.weight.numel() if m.weight.requires_grad else 0
+    head_size = head.weight.numel() if head is not None else 0
+    return body, trainable, head_size
+
+
+def train_flops(model, tokens: int, logit_tokens: int, extra_forward_tokens: int = 0) -> int:
+    """Estimated FLOPs of training ``model`` on ``tokens`` tokens (see the module docstring).
+
+    ``extra_forward_tokens``: tokens that also went through a gradient-free forward pass (a
+    reference model's logits for KL / NPO terms).
+    """
+    body, trainable, head = linear_params(model)
+    fwd = 2 * body * tokens + 2 * head * logit_tokens
+    return int(2 * fwd + 2 * trainable * tokens + 2 * body * extra_forward_tokens)
+
+
+def _cache_file():
+    from .models import cache_dir
+
+    return cache_dir() / "matmul_peak.json"
+
+
+def _machine_key(device: torch.device, dtype: torch.dtype) -> str:
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{platform.processor() or platform.machine()}-{os.cpu_count()}cpu-{torch.get_num_threads()}threads"
+    return f"{where}|{torch.__version__}|{str(dtype).replace('torch.', '')}"
+
+
+def matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, refresh: bool = False) -> float:
+    """This machine's matmul throughput in FLOP/s for ``dtype`` (square matmuls, best of 5).
+
+    Measured once (about a second) and cached in ``$LUNE_CACHE/matmul_peak.json`` per device,
+    thread count, torch version and dtype.
+    """
+    device = torch.device(device)
+    key = _machine_key(device, dtype)
+    path = _cache_file()
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    if key in cache and not refresh:
+        return float(cache[key])
+    if key in _PEAKS and not refresh:
+        return _PEAKS[key]
+    n = PEAK_SHAPE.get(device.type, 2048)
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    best = float("inf")
+    for _ in range(6):  # the first is a warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    peak = 2 * n**3 / best
+    _PEAKS[key] = cache[key] = peak
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(cache, indent=1))
+    os.replace(tmp, path)
+    return peak
 
 
 class CostMeter:
@@ -29,3 +122,10 @@ class CostMeter:
             out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out.update(extra)
         return out
+
+
+def throughput(flops: int, seconds: float, peak: float) -> dict:
+    """The report's FLOP fields: estimated FLOPs, achieved FLOP/s and MFU against ``peak``."""
+    achieved = flops / seconds if seconds > 0 else 0.0
+    return {"train_flops": flops, "achieved_gflops": round(achieved / 1e9, 2), "peak_gflops": round(peak / 1e9, 2),
+            "mfu": round(achieved / peak, 4) if peak else None}

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .config import TrainSettings
-from .data import Example, collate
+from .data import IGNORE, Example, collate
 from .methods import Method
 
 
@@ -27,6 +27,8 @@ class TrainResult:
     steps: int = 0
     epochs: int = 0
     train_tokens: int = 0
+    logit_tokens: int = 0  # positions whose vocabulary logits were computed (response tokens)
+    reference_tokens: int = 0  # tokens that also went through a gradient-free reference forward
     train_s: float = 0.0
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)  # one entry per epoch
@@ -45,7 +47,7 @@ def train(
     retain: list[Example],
     cfg: TrainSettings,
     pad_id: int,
-    suppressed: Callable[[], float] | None = None,
+    suppressed: Callable[[], tuple[float, set[int]]] | None = None,
 ) -> TrainResult:
     """Optimise the model's trainable parameters on ``method``'s loss.
 
@@ -56,8 +58,10 @@ def train(
         retain: retain examples, paired one batch per forget batch (cycled); may be empty.
         cfg: optimisation settings.
         pad_id: padding token id.
-        suppressed: early-stopping probe, called after each epoch; returns the share of trained
-            forget prompts that no longer yield their answer. Training stops when it reaches 1.0.
+        suppressed: early-stopping probe, called after each epoch from ``cfg.min_epochs`` on;
+            returns the share of trained forget prompts that no longer yield their answer and the
+            facts (``Example.fact``) that some trained prompt still yields. Training stops when the
+            share reaches 1.0; with ``cfg.focus`` later epochs train only the facts still yielded.
     """
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -74,10 +78,11 @@ def train(
     retain_batches: list[list[Example]] = []
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.max_epochs), desc=f"unlearning ({method.name})", unit="epoch")
+    active = forget
     for epoch in bar:
         model.train()
         losses = []
-        for fb in _batches(forget, cfg.batch_size, rng):
+        for fb in _batches(active, cfg.batch_size, rng):
             if retain and not retain_batches:
                 retain_batches = _batches(retain, cfg.batch_size, rng)
             f = {k: v.to(accelerator.device) for k, v in collate(fb, pad_id).items()}
@@ -90,11 +95,16 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             res.steps += 1
             res.train_tokens += int(f["attention_mask"].sum()) + (int(r["attention_mask"].sum()) if r else 0)
+            res.logit_tokens += int((f["labels"] != IGNORE).sum()) + (int((r["labels"] != IGNORE).sum()) if r else 0)
+            res.reference_tokens += method.reference_tokens(f, r)
             losses.append(logs)
         res.epochs = epoch + 1
         entry = {"epoch": res.epochs, **{k: sum(d[k] for d in losses) / len(losses) for k in losses[0]}}
         if suppressed is not None and cfg.early_stop and res.epochs >= cfg.min_epochs:
-            entry["suppressed"] = suppressed()
+            entry["suppressed"], still = suppressed()
+            if cfg.focus:  # a suppressed fact rests; one that relapses comes back
+                active = [e for e in forget if e.fact in still] or forget
+                entry["active_facts"] = len({e.fact for e in active})
         res.history.append(entry)
         bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k != "epoch"})
         if entry.get("suppressed", 0.0) >= 1.0:

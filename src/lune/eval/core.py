@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import Example, collate
-from ..losses import response_logits, sequence_logprob
+from ..losses import response_logits, sequence_logprob, token_logprobs
 
 
 def _device(model) -> torch.device:
@@ -62,6 +63,30 @@ def generate(
 
 
 @torch.no_grad()
+def next_token_logits(model, tok, prompts: list[list[int]], batch_size: int = 32) -> list[torch.Tensor]:
+    """The model's next-token logits after each tokenised prompt (left-padded batches)."""
+    was_training = model.training
+    model.eval()
+    dev = _device(model)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        T = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), T), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, T - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, T - len(prompts[i]) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1).logits[:, -1].float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = logits[row]
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
 def response_logprobs(model, examples: list[Example], pad_id: int, batch_size: int = 32) -> list[float]:
     """log p(response | prompt), summed over response tokens, for each example."""
     was_training = model.training
@@ -75,5 +100,53 @@ def response_logprobs(model, examples: list[Example], pad_id: int, batch_size: i
         lp = sequence_logprob(*response_logits(model, batch))
         for row, i in enumerate(idx):
             out[i] = float(lp[row])
+    model.train(was_training)
+    return out
+
+
+def vocab_logprob_moments(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of log p(z) for z drawn from the model's own next-token distribution.
+
+    mu = sum_z p(z) log p(z),  sigma = sqrt(sum_z p(z) log p(z)^2 - mu^2)  (Min-K%++, Zhang et al. 2024).
+
+    Args:
+        logits: (..., V) next-token logits.
+
+    Returns:
+        (mu, sigma), each (...) in float32.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    var = (p * logp.square()).sum(-1) - mu.square()
+    return mu, var.clamp_min(0).sqrt()  # the clamp only removes float rounding below zero
+
+
+@torch.no_grad()
+def response_token_logprobs(model, examples: list[Example], pad_id: int, batch_size: int = 32, moments: bool = False) -> list[torch.Tensor]:
+    """Per-token log p(response token | everything before it), one float32 CPU tensor per example.
+
+    Without ``moments`` each tensor is (n,), n = the example's response tokens. With ``moments`` it is
+    (n, 3): columns log p(x_t), mu_t, sigma_t (``vocab_logprob_moments`` of the distribution that
+    predicts x_t), all from the same forward pass.
+    """
+    was_training = model.training
+    model.eval()
+    dev = _device(model)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    out: list[torch.Tensor] = [None] * len(examples)  # type: ignore[list-item]
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = {k: v.to(dev) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        logits, targets = response_logits(model, batch)  # (B, T', V), (B, T')
+        lp, mask = token_logprobs(logits, targets)
+        for row, i in enumerate(idx):
+            on = mask[row]
+            if moments:
+                # one row at a time: a full (B, T', V) float32 log-softmax would not fit for large vocabularies
+                mu, sigma = vocab_logprob_moments(logits[row][on])
+                out[i] = torch.stack([lp[row][on], mu, sigma], dim=-1).cpu()
+            else:
+                out[i] = lp[row][on].cpu()
     model.train(was_training)
     return out

@@ -43,3 +43,7 @@ class Method:
 
     def loss(self, model, forget: dict, retain: dict | None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def reference_tokens(self, forget: dict, retain: dict | None) -> int:
+        """Tokens of this step that also go through a gradient-free reference forward (for FLOPs)."""
+        return 0

@@ -44,3 +44,6 @@ class Lune(Method):
                 loss = loss + self.cfg.kl_weight * kl
                 logs["retain_kl"] = kl.item()
         return loss, logs
+
+    def reference_tokens(self, forget: dict, retain: dict | None) -> int:
+        return int(retain["attention_mask"].sum()) if retain is not None and self.cfg.kl_weight > 0 else 0

@@ -1,0 +1,54 @@
+"""FLOPs estimate, matmul peak cache and the cost block."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from lune.config import LoraSettings
+from lune.cost import linear_params, matmul_peak, throughput, train_flops
+from lune.models import attach_lora
+
+
+def test_linear_params_split_body_trainable_and_head(tiny_model):
+    body, trainable, head = linear_params(tiny_model)
+    cfg = tiny_model.config
+    per_layer = 2 * cfg.hidden_size * cfg.hidden_size + 2 * cfg.hidden_size * (cfg.hidden_size // 2) + 3 * cfg.hidden_size * cfg.intermediate_size
+    assert body == cfg.num_hidden_layers * per_layer  # q,o: d*d; k,v (2 kv heads of 4): d*d/2; gate, up, down
+    assert trainable == 0  # the fixture is frozen
+    assert head == cfg.vocab_size * cfg.hidden_size
+
+
+def test_full_training_flops_are_six_n_per_token(tiny_model):
+    for p in tiny_model.parameters():
+        p.requires_grad_(True)
+    body, trainable, head = linear_params(tiny_model)
+    assert trainable == body
+    assert train_flops(tiny_model, tokens=10, logit_tokens=0) == 6 * body * 10
+    assert train_flops(tiny_model, tokens=10, logit_tokens=3) == 6 * body * 10 + 4 * head * 3
+    assert train_flops(tiny_model, tokens=10, logit_tokens=0, extra_forward_tokens=5) == 6 * body * 10 + 2 * body * 5
+
+
+def test_lora_training_flops_are_about_four_n_per_token(tiny_model):
+    model = attach_lora(tiny_model, LoraSettings(r=2, layers="all"))
+    body, trainable, _ = linear_params(model)
+    assert 0 < trainable < body / 10
+    assert train_flops(model, tokens=10, logit_tokens=0) == 4 * body * 10 + 2 * trainable * 10
+
+
+def test_matmul_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUNE_CACHE", str(tmp_path))
+    peak = matmul_peak("cpu", torch.float32, refresh=True)
+    assert peak > 1e8  # any real CPU does more than 0.1 GFLOP/s
+    cache = json.loads((tmp_path / "matmul_peak.json").read_text())
+    (key,) = cache
+    assert "float32" in key and cache[key] == peak
+    cache[key] = 123.0
+    (tmp_path / "matmul_peak.json").write_text(json.dumps(cache))
+    assert matmul_peak("cpu", torch.float32) == 123.0  # read back from the file, not re-measured
+
+
+def test_throughput_fields():
+    t = throughput(flops=4_000_000_000, seconds=2.0, peak=8e9)
+    assert t == {"train_flops": 4_000_000_000, "achieved_gflops": 2.0, "peak_gflops": 8.0, "mfu": 0.25}

@@ -84,7 +84,7 @@ def train(
         losses = []
         for fb in _batches(active, cfg.batch_size, rng):
             if retain and not retain_batches:
-                retain_batches = _batches(retain, cfg.batch_size, rng)
+                retain_batches = _batches(retain, cfg.retain_batch_size, rng)
             f = {k: v.to(accelerator.device) for k, v in collate(fb, pad_id).items()}
             r = {k: v.to(accelerator.device) for k, v in collate(retain_batches.pop(), pad_id).items()} if retain else None
             loss, logs = method.loss(model, f, r)

@@ -14,6 +14,15 @@ from .models import load_model  # noqa: E402
 from .negatives import build_negatives  # noqa: E402
 
 __all__ = [
-    "unlearn", "evaluate", "generate", "merge", "load_model", "build_negatives", "read_facts", "Fact", "LuneError",
+    "unlearn", "evaluate", "evaluate_benchmark", "generate", "merge", "load_model", "build_negatives", "read_facts", "Fact", "LuneError",
     "UnlearnConfig", "RunSettings", "LoraSettings", "TrainSettings", "NegativeSettings",
 ]
+
+
+def __getattr__(name: str):
+    # Benchmark evaluation pulls in scikit-learn, scipy and rouge-score: imported on first use only.
+    if name == "evaluate_benchmark":
+        from .eval.suite import evaluate_benchmark
+
+        return evaluate_benchmark
+    raise AttributeError(f"module 'lune' has no attribute {name!r}")

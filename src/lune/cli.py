@@ -2,6 +2,7 @@
 
     lune unlearn  --forget F [--retain R] --out DIR [--model M] [any config flag]
     lune eval     --forget F [--retain R] [--adapter DIR] [--out DIR]
+    lune eval     --benchmark rwku|tofu|counterfact|zsre [--targets 1-10] [--known-only] [--adapter DIR] [--out DIR]
     lune generate [--adapter DIR] "prompt" ...
     lune merge    --adapter DIR --out DIR
     lune demo     [--out DIR]
@@ -14,6 +15,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -74,14 +76,29 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--overwrite", action="store_true", help="Replace an existing --out directory.")
     add_config_flags(u)
 
-    e = sub.add_parser("eval", help="Measure forget/retain metrics of a model, with and without an adapter.")
-    e.add_argument("--forget", required=True, help="Forget facts, JSON Lines.")
+    e = sub.add_parser("eval", help="Measure forget/retain metrics of a model, with and without an adapter: on fact files or a benchmark.")
+    e.add_argument("--forget", help="Forget facts, JSON Lines (or use --benchmark).")
     e.add_argument("--retain", help="Retain facts, JSON Lines.")
     e.add_argument("--model", default="smollm2-135m", help="Base model (default: smollm2-135m).")
     e.add_argument("--adapter", help="Run directory or adapter folder to evaluate against the base model.")
     e.add_argument("--format", default="auto", help="Prompt format: auto, completion or chat.")
-    e.add_argument("--out", help="Write report.json and report.md here.")
+    e.add_argument("--max-new-tokens", type=int, default=16, help="Tokens generated per probe to check for the answer (default: 16).")
+    e.add_argument("--eval-batch-size", type=int, default=32, help="Prompts per batch for generation and scoring (default: 32).")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto).")
+    e.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto).")
+    e.add_argument("--out", help="Write the report here (benchmarks: default evals/<benchmark>-<time>).")
     e.add_argument("--overwrite", action="store_true", help="Replace an existing --out directory.")
+    b = e.add_argument_group("benchmark evaluation (lune.evaluate_benchmark)")
+    b.add_argument("--benchmark", help="rwku, tofu, counterfact or zsre: measure its paper metrics (USR, APR, GUR, MIA, ...).")
+    b.add_argument("--data", help="The benchmark's data directory (or the folder holding it) or a Hub id "
+                   "(default: $LUNE_DATA/<benchmark>, else ../shared/data/<benchmark>).")
+    b.add_argument("--targets", help="RWKU target ids or names, e.g. 1-10 or 1,5,7 (default: all 200).")
+    b.add_argument("--split", help="TOFU forget01|forget05|forget10; CounterFact val|train|edit|known; zsRE mend|inverse|onehop|subject_replace.")
+    b.add_argument("--limit", type=int, help="At most this many probes per group (and MIA texts, TOFU questions per split), for quick runs.")
+    b.add_argument("--known-only", action="store_true", help="Measure only the probes the base model answers, per group (not TOFU).")
+    b.add_argument("--retain-model", help="TOFU: a model trained on the retain set only, for forget quality (else null, with a warning).")
+    b.add_argument("--long-new-tokens", type=int, default=64,
+                   help="Tokens generated for TOFU ROUGE and fluency texts (default: 64; the papers use 200 and 100).")
 
     g = sub.add_parser("generate", help="Complete prompts with the base model and, side by side, the unlearned one.")
     g.add_argument("prompts", nargs="+", help="Prompts to complete.")
@@ -124,6 +141,24 @@ def _print_run(report: dict) -> None:
         print(f"wrote {report['out']}/ (adapter/, negatives.jsonl, config.json, report.json, report.md)")
 
 
+def _eval_benchmark(args: argparse.Namespace, cfg: UnlearnConfig) -> None:
+    from .eval.suite import evaluate_benchmark
+    from .report import benchmark_table
+
+    if args.forget or args.retain:
+        raise LuneError("give either --benchmark or --forget/--retain, not both")
+    out = args.out or f"evals/{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = evaluate_benchmark(args.benchmark, model=args.model, adapter=args.adapter, source=args.data, targets=args.targets,
+                                split=args.split, limit=args.limit, known_only=args.known_only, retain_model=args.retain_model,
+                                config=cfg, out=out, overwrite=args.overwrite, long_new_tokens=args.long_new_tokens)
+    print(benchmark_table(report))
+    if report["known_only"]["applied"]:
+        print("known-only: " + ", ".join(f"{g} {d['n_kept']}/{d['n']}" for g, d in report["groups"].items()) + " probes kept")
+    c = report["cost"]
+    print(f"cost: {c['wall_s']:.1f} s wall, peak RSS {c['peak_rss_mb']:.0f} MB" + (f", {c['n_probes']} probes generated" if c["n_probes"] else ""))
+    print(f"wrote {out}/ (report.json, report.md, metrics.png, outcomes.png)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -150,11 +185,18 @@ def main(argv: list[str] | None = None) -> int:
                 report = api.unlearn(args.forget, args.retain, out=args.out, config=cfg, negatives=args.negatives, overwrite=args.overwrite)
             _print_run(report)
         elif args.command == "eval":
-            cfg = UnlearnConfig(run=RunSettings(model=args.model, format=args.format))
-            report = api.evaluate(args.forget, args.retain, model=args.model, adapter=args.adapter, config=cfg, out=args.out, overwrite=args.overwrite)
-            print(_table(report))
-            if args.out:
-                print(f"wrote {args.out}/report.json and report.md")
+            cfg = UnlearnConfig(run=RunSettings(model=args.model, format=args.format, max_new_tokens=args.max_new_tokens,
+                                                eval_batch_size=args.eval_batch_size),
+                                train=TrainSettings(device=args.device, dtype=args.dtype))
+            if args.benchmark:
+                _eval_benchmark(args, cfg)
+            elif args.forget:
+                report = api.evaluate(args.forget, args.retain, model=args.model, adapter=args.adapter, config=cfg, out=args.out, overwrite=args.overwrite)
+                print(_table(report))
+                if args.out:
+                    print(f"wrote {args.out}/report.json and report.md")
+            else:
+                raise LuneError("eval needs --forget FILE or --benchmark NAME")
         elif args.command == "generate":
             for row in api.generate(args.prompts, model=args.model, adapter=args.adapter, fmt=args.format, max_new_tokens=args.max_new_tokens):
                 print(f"prompt:    {row['prompt']}")

@@ -14,6 +14,17 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with every sequence right-aligned (left padding), as generation needs."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, T - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[row, T - len(s) :] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -39,13 +50,8 @@ def generate(
     starts = range(0, len(order), batch_size)
     for s in tqdm(starts, desc=desc, disable=desc is None, leave=False):
         idx = order[s : s + batch_size]
-        T = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), T), dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = len(prompts[i])
-            ids[row, T - n :] = torch.tensor(prompts[i])
-            mask[row, T - n :] = 1
+        ids, mask = _left_pad([prompts[i] for i in idx], pad)
+        T = ids.shape[1]
         kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
         gen = model.generate(
             input_ids=ids.to(dev),
@@ -72,12 +78,7 @@ def next_token_logits(model, tok, prompts: list[list[int]], batch_size: int = 32
     out: list[torch.Tensor] = [None] * len(prompts)  # type: ignore[list-item]
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        T = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), T), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, T - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, T - len(prompts[i]) :] = 1
+        ids, mask = _left_pad([prompts[i] for i in idx], tok.pad_token_id)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1).logits[:, -1].float().cpu()
         for row, i in enumerate(idx):

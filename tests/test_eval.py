@@ -134,3 +134,14 @@ def test_markdown_report():
     assert "| a\\|b | Paris | Paris . | Lyon |" in md
     eval_only = markdown({"model": "tiny", "directions": {}, "before": {"usr": 0.5}})
     assert "# lune report: eval on tiny" in eval_only and "| usr |  | 0.500 |" in eval_only
+
+
+def test_token_batches_respect_rows_and_token_budget():
+    from lune.eval.core import token_batches
+
+    lengths = [10, 500, 20, 300, 30, 600]
+    batches = token_batches(lengths, batch_size=2, max_tokens=700)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert all(len(b) <= 2 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 700) for b in batches)
+    assert batches[0] == [0, 2]  # shortest first
+    assert token_batches([900], batch_size=4, max_tokens=100) == [[0]]  # a text longer than the budget still gets a batch

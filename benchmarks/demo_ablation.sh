@@ -17,6 +17,16 @@ declare -A V=(
   [mlp0-14_anchors_neighbours8]="$MLP --layers 0-14 --neighbours 8 --retain-weight 1"
   [mlp0-14_neighbours16_rw2]="$MLP --layers 0-14 --neighbours 16 --retain-weight 2"
   [mlp0-9_neighbours16_rw2]="$MLP --layers 0-9 --neighbours 16 --retain-weight 2"
+  # second round (current defaults plus one change each; see demo_ablation.md)
+  [defaults]=""
+  [swaps8]="--swaps 8"
+  [swaps8_kl1]="--swaps 8 --kl-weight 1"
+  [swaps8_focus]="--swaps 8 --focus true"
+  [swaps8_upper_focus]="--swaps 8 --layers upper --focus true"
+  [swaps8_rbs48]="--swaps 8 --retain-batch-size 48"
+  [swaps24_anchors32_rbs32]="--swaps 24 --anchors 32 --retain-batch-size 32"
+  [no_paraphrases]="--paraphrases false"
+  [swaps8_lr5e-4]="--swaps 8 --lr 5e-4"
 )
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=("${!V[@]}")
 mkdir -p "$OUT"

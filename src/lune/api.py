@@ -167,6 +167,7 @@ def unlearn(
             peft_model.unload()
         raise
 
+    weight = next(peft_model.parameters())  # device and dtype of the run
     report = {
         "lune_version": __version__,
         "method": method.name,
@@ -183,8 +184,8 @@ def unlearn(
             train_s=result.train_s, trainable_params=trainable, total_params=total_params,
             steps=result.steps, train_tokens=result.train_tokens, negatives=len(negs),
             **throughput(train_flops(peft_model, result.train_tokens, result.logit_tokens, result.reference_tokens),
-                         result.train_s, matmul_peak(next(peft_model.parameters()).device, next(peft_model.parameters()).dtype)),
-            dtype=str(next(peft_model.parameters()).dtype).replace("torch.", ""),
+                         result.train_s, matmul_peak(weight.device, weight.dtype)),
+            dtype=str(weight.dtype).replace("torch.", ""),
         ),
     }
     if out is not None:

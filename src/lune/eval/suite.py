@@ -165,7 +165,7 @@ def _other_metrics(model, tok, fmt, bench: Benchmark, roles: Roles, cases: list,
         members, nonmembers = (bench.mia.get(k, []) for k in roles.mia)
         if members and nonmembers:
             with phase(f"{label}: mia"):
-                res = mia_auc(model, tok, members, nonmembers, batch_size=max(1, bs // 4))  # long texts: (B, T, V) logits
+                res = mia_auc(model, tok, members, nonmembers, batch_size=bs)  # long texts: core batches them by a token budget
             m.update({k: v for k, v in res.items() if k in METRICS})
             counts.update(n_mia_members=res["n_members"], n_mia_nonmembers=res["n_nonmembers"])
     if cases:

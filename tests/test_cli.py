@@ -235,3 +235,39 @@ def test_demo_on_local_model(model_dir, tmp_path):
     assert rc == 0, stderr
     assert not (out / "stale.txt").exists() and (out / "report.json").is_file()
     assert "'The capital of France is'" in stdout and "before:" in stdout and "after:" in stdout
+
+
+def test_method_options_on_the_command_line(tmp_path, model_dir, files):
+    forget, retain = files
+    out = tmp_path / "npo"
+    rc, stdout, stderr = run_cli(["unlearn", "--forget", forget, "--retain", retain, "--out", out, "--model", model_dir,
+                                  *FAST, "--method", "npo", "--npo-beta", "0.25", "--anchors", "0"])
+    assert rc == 0, stderr
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["run"]["method"] == "npo" and conf["method"] == {"beta": 0.25}
+    assert json.loads((out / "report.json").read_text())["method"] == "npo"
+    # a --config from that run reproduces the options
+    rc, _, stderr = run_cli(["unlearn", "--forget", forget, "--out", tmp_path / "again", "--config", out / "config.json", *FAST, "--max-epochs", "1"])
+    assert rc == 0, stderr
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["method"] == {"beta": 0.25}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--npo-beta", "0.2"], "--npo-beta is an option of --method npo, but the method is 'lune'"),
+    (["--method", "npo", "--npo-beta", "-1"], "beta must be > 0"),
+    (["--method", "nope"], "unknown method 'nope'"),
+])
+def test_method_option_errors(argv, message, tmp_path, model_dir, files):
+    rc, _, stderr = run_cli(["unlearn", "--forget", files[0], "--out", tmp_path / "x", "--model", model_dir, *FAST, *argv])
+    assert rc == 2 and message in stderr, stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_full_flag_writes_a_model_directory(tmp_path, model_dir, files):
+    out = tmp_path / "full"
+    rc, stdout, stderr = run_cli(["unlearn", "--forget", files[0], "--out", out, "--model", model_dir, *FAST,
+                                  "--method", "ga", "--full", "true", "--lr", "0.001"])
+    assert rc == 0, stderr
+    assert {p.name for p in out.iterdir()} == {"model", "config.json", "report.json", "report.md"}
+    model, _ = load_model(str(out / "model"), device="cpu")
+    assert model.config.num_hidden_layers == 2

@@ -1,4 +1,5 @@
-"""Every registered method: a finite loss whose gradient reaches the trainable parameters only."""
+"""Every registered loss method: a finite loss whose gradient reaches the trainable parameters only;
+each loss against a naive re-implementation."""
 
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ from lune.methods.lune import adapter_disabled
 from lune.models import attach_lora
 
 
+LOSS_METHODS = sorted(n for n, c in METHODS.items() if c.kind == "loss")
+
+
 def _batches(tok):
     fmt = PromptFormat(tok, "completion")
-    forget = collate([make_example(fmt, "The capital of France is", "Lyon .", "prompt"),
-                      make_example(fmt, "The French capital is", "not what is commonly claimed .", "prompt")], PAD)
+    f_ex = [make_example(fmt, "The capital of France is", "Lyon .", "prompt"),
+            make_example(fmt, "The French capital is", "not what is commonly claimed .", "prompt")]
+    for e, lp in zip(f_ex, (-3.5, -12.0)):
+        e.ref_logp = lp
+    forget = collate(f_ex, PAD)
     retain = collate([make_example(fmt, "The capital of Germany is", "Berlin", "prompt"),
                       make_example(fmt, "The capital of Italy is", "Rome", "prompt")], PAD)
     return forget, retain
@@ -37,12 +44,14 @@ def _peft(tiny_model, randomize_b=True):
 
 
 def test_registry_is_populated():
-    assert "lune" in METHODS
+    assert {"lune", "lune-full", "ga", "graddiff", "npo", "simnpo"} <= set(METHODS)
     for name, cls in METHODS.items():
         assert issubclass(cls, Method) and cls.name == name and cls.citation
+        assert cls.kind in ("loss", "edit") and cls.targets in ("negatives", "answers")
+        cls.Settings()  # defaults validate
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", LOSS_METHODS)
 @pytest.mark.parametrize("with_retain", [False, True])
 def test_method_loss_finite_and_grads_on_trainable_only(name, with_retain, tiny_model, tok):
     model = _peft(tiny_model)
@@ -118,3 +127,70 @@ def test_register_new_method(monkeypatch):
 
     assert base.METHODS["dummy"] is Dummy and Dummy.name == "dummy"
     assert isinstance(get_method("dummy", TrainSettings()), Dummy)
+
+
+def _seq_logp(model, batch):
+    """Naive per-example summed log p(response | prompt): one sequence at a time, full logits."""
+    out = []
+    for i in range(batch["input_ids"].shape[0]):
+        n = int(batch["attention_mask"][i].sum())
+        ids, labels = batch["input_ids"][i, :n], batch["labels"][i, :n]
+        logp = torch.log_softmax(model(input_ids=ids[None]).logits[0].float(), -1)
+        out.append(sum(logp[t - 1, labels[t]] for t in range(1, n) if labels[t] != -100))
+    return torch.stack(out)
+
+
+def test_npo_loss_matches_naive_reference(tiny_model, tok):
+    model = _peft(tiny_model)
+    forget, retain = _batches(tok)
+    with torch.no_grad():
+        with adapter_disabled(model):  # the real reference: the original model
+            forget["ref_logp"] = _seq_logp(model, forget)
+        logp = _seq_logp(model, forget)
+        for beta in (0.1, 1.0):
+            naive = (-2 / beta * torch.nn.functional.logsigmoid(-beta * (logp - forget["ref_logp"]))).mean()
+            loss, logs = get_method("npo", TrainSettings(retain_weight=0.0), {"beta": beta}).loss(model, forget, None)
+            assert torch.allclose(loss, naive, atol=1e-5), (loss, naive)
+        # with the retain NLL (NPO+RT)
+        from lune.losses import masked_nll, response_logits
+        loss, logs = get_method("npo", TrainSettings(retain_weight=2.0)).loss(model, forget, retain)
+        naive = (-2 / 0.1 * torch.nn.functional.logsigmoid(-0.1 * (logp - forget["ref_logp"]))).mean()
+        assert torch.allclose(loss, naive + 2.0 * masked_nll(*response_logits(model, retain)), atol=1e-5)
+    # at the start of training (model == reference) the NPO loss is (2/beta) log 2 whatever the data
+    fresh = _peft(type(tiny_model)(tiny_model.config).eval(), randomize_b=False)
+    with torch.no_grad():
+        forget["ref_logp"] = _seq_logp(fresh, forget)
+        loss, _ = get_method("npo", TrainSettings(retain_weight=0.0)).loss(fresh, forget, None)
+    assert loss.item() == pytest.approx(2 / 0.1 * math.log(2), rel=1e-5)
+
+
+def test_simnpo_and_ga_losses_match_naive(tiny_model, tok):
+    model = _peft(tiny_model)
+    forget, _ = _batches(tok)
+    lengths = (forget["labels"] != -100).sum(1).float()
+    with torch.no_grad():
+        logp = _seq_logp(model, forget)
+        for beta, gamma in ((4.5, 0.0), (2.5, 1.0)):
+            naive = (-2 / beta * torch.nn.functional.logsigmoid(-beta / lengths * logp - gamma)).mean()
+            loss, _ = get_method("simnpo", TrainSettings(retain_weight=0.0), {"beta": beta, "gamma": gamma}).loss(model, forget, None)
+            assert torch.allclose(loss, naive, atol=1e-5)
+        # GA: minus the token-level NLL of the answers
+        loss, logs = get_method("ga", TrainSettings()).loss(model, forget, None)
+        assert torch.allclose(loss, logp.sum() / lengths.sum(), atol=1e-5) and logs["forget_nll"] > 0
+
+
+def test_method_settings_validated():
+    with pytest.raises(LuneError, match="npo.*beta must be > 0"):
+        get_method("npo", TrainSettings(), {"beta": 0})
+    with pytest.raises(LuneError, match="simnpo.*unknown field"):
+        get_method("simnpo", TrainSettings(), {"bogus": 1})
+    with pytest.raises(LuneError, match="lune.*unknown field"):
+        get_method("lune", TrainSettings(), {"beta": 1})
+
+
+def test_learning_rate_defaults():
+    assert get_method("lune", TrainSettings()).lr == 1e-3
+    assert get_method("lune-full", TrainSettings()).lr == 1e-5
+    assert get_method("npo", TrainSettings(full=True)).lr == 1e-5
+    assert get_method("npo", TrainSettings(full=True, lr=3e-4)).lr == 3e-4
+    assert get_method("ga", TrainSettings()).full is False and get_method("lune-full", TrainSettings()).full

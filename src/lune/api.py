@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -9,6 +10,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,12 +23,13 @@ from .cost import CostMeter, matmul_peak, throughput, train_flops
 from .data import Fact, PromptFormat, contains_answer, make_example, normalize, read_facts
 from .errors import LuneError
 from .eval.core import generate as _generate
+from .eval.core import response_token_logprobs
 from .eval.metrics import METRICS, score_probes, summarize
 from .methods import get_method
-from .models import attach_lora, check_lora_targets, count_params, load_adapter, load_model
+from .models import attach_lora, cache_dir, check_lora_targets, count_params, load_adapter, load_model
 from .negatives import build_negatives, clean_span, read_negatives, write_negatives
 from .report import write_report
-from .train import train
+from .train import TrainResult, train
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {k: ("higher" if v.higher_is_better else "lower") for k, v in METRICS.items()}
@@ -104,7 +107,8 @@ def unlearn(
 
     Returns:
         The report (``before``/``after`` metrics, ``cost``, per-fact outcomes). When lune loaded the
-        model itself, the unlearned peft model is under the key ``"peft_model"``.
+        model itself, the unlearned model is under the key ``"peft_model"`` (adapter methods) or
+        ``"full_model"`` (``--full`` training).
     """
     cfg = config or UnlearnConfig()
     meter = CostMeter()
@@ -112,13 +116,17 @@ def unlearn(
     retain_facts = _as_facts(retain, "retain")
     if out is not None and Path(out).exists() and not overwrite:  # fail before any expensive work
         raise LuneError(f"output directory {out} already exists; choose another --out or pass --overwrite")
-    method = get_method(cfg.run.method, cfg.train)
+    method = get_method(cfg.run.method, cfg.train, cfg.method)
+    if method.kind == "loss" and cfg.train.lr is None:  # record the learning rate actually used
+        cfg = copy.deepcopy(cfg)
+        cfg.train.lr = method.lr
     owns_model = model is None
     if owns_model:
         model, tokenizer = load_model(cfg.run.model, cfg.train.device, cfg.train.dtype, cfg.run.trust_remote_code)
     elif hasattr(model, "peft_config"):
         raise LuneError("the model passed to unlearn already carries an adapter; pass the base model (peft: model.unload())")
-    check_lora_targets(model, cfg.lora)  # fail before any expensive work
+    if method.kind == "loss" and not method.full:
+        check_lora_targets(model, cfg.lora)  # fail before any expensive work
     fmt = PromptFormat(tokenizer, cfg.run.format)
     total_params = count_params(model)[1]
 
@@ -128,46 +136,68 @@ def unlearn(
         log.warning("%d of %d forget facts are not produced by the model even before unlearning: %s", len(unknown), len(forget_facts), unknown[:5])
 
     # Retain targets first: their answers are what no negative may be.
-    fitted = retain_facts if cfg.train.fit_retain else []
+    fitted = retain_facts if cfg.train.fit_retain and method.uses_retain else []
     retain_ex = [make_example(fmt, p, f.answer, f.style, fact=i) for i, f in enumerate(fitted) for p in [f.prompt] + f.paraphrases]
-    own = [(p, "prompt") for p in anchor_prompts(cfg.train.anchors)] + neighbour_prompts(forget_facts, cfg.train.neighbours, cfg.train.seed)
-    own += swapped_prompts(model, tokenizer, forget_facts, cfg.train.swaps, batch_size=cfg.run.eval_batch_size)
-    own = list(dict.fromkeys(own))
-    own_ex, own_completions = self_targets(model, tokenizer, fmt, own, forget_facts, cfg.run.eval_batch_size)
-    retain_ex += own_ex
+    own_completions: list[str] = []
+    if method.uses_retain:
+        own = [(p, "prompt") for p in anchor_prompts(cfg.train.anchors)] + neighbour_prompts(forget_facts, cfg.train.neighbours, cfg.train.seed)
+        own += swapped_prompts(model, tokenizer, forget_facts, cfg.train.swaps, batch_size=cfg.run.eval_batch_size)
+        own_ex, own_completions = self_targets(model, tokenizer, fmt, list(dict.fromkeys(own)), forget_facts, cfg.run.eval_batch_size)
+        retain_ex += own_ex
     # "X": read each completion's leading span as a name (a capitalised run), like a sampled alternative.
     avoid = {normalize(f.answer) for f in fitted} | {normalize(clean_span(c, "X", False)) for c in own_completions}
+    negs = []
     if negatives:
         negs = read_negatives(negatives, forget_facts)
-    else:
+    elif method.targets == "negatives" or method.kind == "edit":
         negs = build_negatives(model, tokenizer, fmt, forget_facts, cfg.negatives, seed=cfg.train.seed, batch_size=cfg.run.eval_batch_size, avoid=avoid)
-    train_prompts = [(i, p) for i, f in enumerate(forget_facts) for p in [f.prompt] + (f.paraphrases if cfg.train.paraphrases else [])]
     by_fact: dict[int, list[str]] = {}
     for n in negs:
         by_fact.setdefault(n.fact, []).append(n.negative)
-    forget_ex = [make_example(fmt, p, y, forget_facts[i].style, fact=i) for i, p in train_prompts for y in by_fact.get(i, [])]
-
-    torch.manual_seed(cfg.train.seed)
-    peft_model = attach_lora(model, cfg.lora)
-    trainable = count_params(peft_model)[0]
+    train_prompts = [(i, p) for i, f in enumerate(forget_facts) for p in [f.prompt] + (f.paraphrases if cfg.train.paraphrases else [])]
     check_facts = [Fact(prompt=p, answer=forget_facts[i].answer, style=forget_facts[i].style) for i, p in train_prompts]
-
     check_ids = [fmt.prompt_ids(f.prompt, f.style) for f in check_facts]
 
+    torch.manual_seed(cfg.train.seed)
+    if method.kind == "edit":
+        # One new answer per fact: the user's replacement, else the first negative.
+        new_targets = [f.replacement or by_fact[i][0] for i, f in enumerate(forget_facts)]
+        t0 = time.perf_counter()
+        tuned, info = method.edit(model, tokenizer, fmt, forget_facts, new_targets, cache_dir())
+        result = TrainResult(steps=info["steps"], train_tokens=info["train_tokens"], logit_tokens=info.get("logit_tokens", 0),
+                             train_s=round(time.perf_counter() - t0, 3), history=[{k: v for k, v in info.items() if k not in ("steps", "train_tokens", "trainable_params")}])
+        trainable = info["trainable_params"]
+    else:
+        answers = method.targets == "answers"
+        forget_ex = [make_example(fmt, p, y, forget_facts[i].style, fact=i)
+                     for i, p in train_prompts for y in ([forget_facts[i].answer] if answers else by_fact.get(i, []))]
+        if method.reference_logp:  # the original model's log p(y|x), once: no reference model during training
+            for e, lp in zip(forget_ex, response_token_logprobs(model, forget_ex, tokenizer.pad_token_id, cfg.run.eval_batch_size)):
+                e.ref_logp = float(lp.sum())
+        if method.full:  # train a copy; the caller's model stays as it came and serves as the KL reference
+            tuned = copy.deepcopy(model).requires_grad_(True)
+            if cfg.train.kl_weight > 0 and method.uses_retain:
+                method.ref_model = model
+        else:
+            tuned = attach_lora(model, cfg.lora)
+        trainable = count_params(tuned)[0]
+
     def suppressed() -> tuple[float, set[int]]:
-        outs = _generate(peft_model, tokenizer, check_ids, max_new_tokens=cfg.run.max_new_tokens, batch_size=cfg.run.eval_batch_size)
+        outs = _generate(tuned, tokenizer, check_ids, max_new_tokens=cfg.run.max_new_tokens, batch_size=cfg.run.eval_batch_size)
         yielded = [contains_answer(o, f.answer) for o, f in zip(outs, check_facts)]
         return 1 - sum(yielded) / len(yielded), {i for (i, _), y in zip(train_prompts, yielded) if y}
 
+    is_adapter = hasattr(tuned, "peft_config")
     try:
-        result = train(peft_model, method, forget_ex, retain_ex, cfg.train, tokenizer.pad_token_id, suppressed)
-        after = measure(peft_model, tokenizer, fmt, forget_facts, retain_facts, cfg, before=before, desc="after:")
+        if method.kind == "loss":
+            result = train(tuned, method, forget_ex, retain_ex, cfg.train, tokenizer.pad_token_id, suppressed)
+        after = measure(tuned, tokenizer, fmt, forget_facts, retain_facts, cfg, before=before, desc="after:")
     except BaseException:
-        if not owns_model:  # hand the caller's model back as it came, also on failure
-            peft_model.unload()
+        if not owns_model and is_adapter:  # hand the caller's model back as it came, also on failure
+            tuned.unload()
         raise
 
-    weight = next(peft_model.parameters())  # device and dtype of the run
+    weight = next(tuned.parameters())  # device and dtype of the run
     report = {
         "lune_version": __version__,
         "method": method.name,
@@ -183,15 +213,20 @@ def unlearn(
         "cost": meter.block(
             train_s=result.train_s, trainable_params=trainable, total_params=total_params,
             steps=result.steps, train_tokens=result.train_tokens, negatives=len(negs),
-            **throughput(train_flops(peft_model, result.train_tokens, result.logit_tokens, result.reference_tokens),
+            **throughput(train_flops(tuned, result.train_tokens, result.logit_tokens, result.reference_tokens),
                          result.train_s, matmul_peak(weight.device, weight.dtype)),
             dtype=str(weight.dtype).replace("torch.", ""),
         ),
     }
     if out is not None:
         with atomic_dir(out, overwrite) as tmp:
-            peft_model.save_pretrained(tmp / "adapter")
-            write_negatives(negs, tmp / "negatives.jsonl")
+            if is_adapter:
+                tuned.save_pretrained(tmp / "adapter")
+            else:  # full training: every weight changed, so the run holds the whole model
+                tuned.save_pretrained(tmp / "model", safe_serialization=True)
+                tokenizer.save_pretrained(tmp / "model")
+            if negs:
+                write_negatives(negs, tmp / "negatives.jsonl")
             inputs = {"forget": str(forget) if isinstance(forget, (str, Path)) else None,
                       "retain": str(retain) if isinstance(retain, (str, Path)) else None,
                       "negatives": str(negatives) if negatives else None}
@@ -200,9 +235,9 @@ def unlearn(
             write_report(report, tmp)
         report["out"] = str(out)
     if owns_model:
-        report["peft_model"] = peft_model
-    else:  # hand the caller's model back as it came: remove the LoRA layers without merging them
-        peft_model.unload()
+        report["peft_model" if is_adapter else "full_model"] = tuned
+    elif is_adapter:  # hand the caller's model back as it came: remove the LoRA layers without merging them
+        tuned.unload()
     return report
 
 

@@ -41,7 +41,9 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kw: dict = {"dest": f"{section}.{f.name}", "default": argparse.SUPPRESS, "metavar": f.name.upper(),
                         "help": f"{f.metadata['help']} (default: {default})"}
-            if isinstance(default, bool):
+            if "type" in f.metadata:
+                kw.update(type=f.metadata["type"])
+            elif isinstance(default, bool):
                 kw.update(type=_bool)
             elif isinstance(default, list):
                 kw.update(type=lambda s: [x for x in s.split(",") if x])
@@ -50,15 +52,39 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             else:
                 kw.update(type=type(default))
             g.add_argument(f"--{f.name.replace('_', '-')}", **kw)
+    from .methods import METHODS  # each method's own options: --<method>-<option>
+
+    for name, mcls in sorted(METHODS.items()):
+        fields = dataclasses.fields(mcls.Settings)
+        if not fields:
+            continue
+        g = p.add_argument_group(f"options of --method {name} ({mcls.citation})")
+        for f in fields:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            t = f.metadata.get("type") or (_bool if isinstance(default, bool) else str if default is None or isinstance(default, str) else type(default))
+            g.add_argument(f"--{name}-{f.name.replace('_', '-')}", dest=f"method:{name}.{f.name}", default=argparse.SUPPRESS,
+                           metavar=f.name.upper(), type=t, help=f"{f.metadata['help']} (default: {default})")
 
 
 def config_from_args(ns: argparse.Namespace, base: UnlearnConfig | None = None) -> UnlearnConfig:
     """Apply the flags that were given on top of ``base`` (or the defaults), validating the result."""
     d = (base or UnlearnConfig()).to_dict()
+    options = {}
     for key, value in vars(ns).items():
-        if "." in key:
+        if key.startswith("method:"):
+            options[key[len("method:"):]] = value
+        elif "." in key:
             section, name = key.split(".", 1)
             d[section][name] = value
+    method = d["run"]["method"]
+    for key, value in options.items():
+        owner, name = key.split(".", 1)
+        if owner != method:
+            flag = f"--{owner}-{name.replace('_', '-')}"
+            raise ValueError(f"{flag} is an option of --method {owner}, but the method is '{method}'")
+        d["method"][name] = value
+    if d["method"] and base is not None and base.run.method != method:
+        d["method"] = {k: v for k, v in d["method"].items() if f"{method}.{k}" in options}  # a --config's options of another method
     return UnlearnConfig.from_dict(d)
 
 
@@ -172,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not cfg_path.is_file():
                     raise LuneError(f"config file not found: {cfg_path}")
                 raw = json.loads(cfg_path.read_text())
-                base = UnlearnConfig.from_dict({k: v for k, v in raw.items() if k in SECTIONS})
+                base = UnlearnConfig.from_dict({k: v for k, v in raw.items() if k in SECTIONS or k == "method"})
             if args.command == "demo":  # the demo's retain facts are held out: measured, never trained on
                 base = UnlearnConfig(train=TrainSettings(fit_retain=False))
             cfg = config_from_args(args, base)

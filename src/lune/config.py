@@ -103,7 +103,8 @@ class LoraSettings(_Config):
 class TrainSettings(_Config):
     """The optimisation of one unlearning run (paper §3 with defaults tuned on the default model, see README)."""
 
-    lr: float = _f(1e-3, "Peak AdamW learning rate (the paper's 2e-4 is too slow for a 135M model at few steps; see README).")
+    lr: float | None = _f(None, "Peak AdamW learning rate; default: the method's (1e-3 with LoRA: the paper's 2e-4 is too slow for a 135M model at few steps, see README; 1e-5 with --full).", type=float)
+    full: bool = _f(False, "Train every weight of the model instead of LoRA adapters (the paper's full fine-tuning comparison; holds a frozen copy only when a KL term needs it).")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     warmup_ratio: float = _f(0.05, "Share of steps with linear warm-up before the cosine decay.")
     max_epochs: int = _f(40, "Upper bound on epochs over the negatives (the paper's 40); early stopping usually ends sooner.")
@@ -125,7 +126,7 @@ class TrainSettings(_Config):
     device: str = _f("auto", "Device: auto, cpu, cuda, cuda:N.")
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}")
@@ -168,7 +169,7 @@ class RunSettings(_Config):
 
     model: str = _f("smollm2-135m", "Model: 'smollm2-135m' (embedded), a Hub id, a local directory, or a .gguf file.")
     format: str = _f("auto", f"Prompt format, one of {FORMATS}: auto renders 'question' records with the chat template (if any) and 'prompt' records as plain completion.")
-    method: str = _f("lune", "Unlearning method (registered name).")
+    method: str = _f("lune", "Unlearning method: lune (default), lune-full, ga, graddiff, npo, simnpo, rome, memit (lune.methods.METHODS).")
     max_new_tokens: int = _f(16, "Tokens generated per probe when checking whether the answer is still produced.")
     eval_batch_size: int = _f(32, "Prompts per batch for generation and scoring.")
     trust_remote_code: bool = _f(False, "Allow model code from the Hub (off unless asked).")
@@ -187,14 +188,17 @@ class UnlearnConfig(_Config):
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     negatives: NegativeSettings = field(default_factory=NegativeSettings)
+    method: dict[str, Any] = field(default_factory=dict)  # options of run.method (its Settings dataclass, lune.methods)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UnlearnConfig":
         parts = {"run": RunSettings, "lora": LoraSettings, "train": TrainSettings, "negatives": NegativeSettings}
-        unknown = set(d) - set(parts)
+        unknown = set(d) - set(parts) - {"method"}
         if unknown:
-            raise ValueError(f"UnlearnConfig: unknown section(s) {sorted(unknown)}; allowed: {sorted(parts)}")
-        return cls(**{k: c.from_dict(d.get(k, {})) for k, c in parts.items()})
+            raise ValueError(f"UnlearnConfig: unknown section(s) {sorted(unknown)}; allowed: {sorted(parts) + ['method']}")
+        method = d.get("method") or {}
+        _check(isinstance(method, dict), f"UnlearnConfig: section 'method' must be an object, got {type(method).__name__}")
+        return cls(**{k: c.from_dict(d.get(k, {})) for k, c in parts.items()}, method=dict(method))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -169,6 +169,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     fact: int = -1  # index of the fact it came from
+    ref_logp: float | None = None  # the original model's summed log p(response | prompt), for reference-based losses
 
 
 def make_example(
@@ -184,7 +185,8 @@ def make_example(
 
 
 def collate(examples: list[Example], pad_id: int) -> dict:
-    """Right-pad a list of examples into tensors: input_ids, attention_mask, labels (B, T)."""
+    """Right-pad a list of examples into tensors: input_ids, attention_mask, labels (B, T), and
+    ``ref_logp`` (B,) when every example carries one."""
     T = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
@@ -194,4 +196,7 @@ def collate(examples: list[Example], pad_id: int) -> dict:
         ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if all(e.ref_logp is not None for e in examples):
+        batch["ref_logp"] = torch.tensor([e.ref_logp for e in examples], dtype=torch.float32)
+    return batch

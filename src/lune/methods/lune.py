@@ -1,4 +1,4 @@
-"""LUNE: LoRA fine-tuning on negative examples.
+"""LUNE: LoRA fine-tuning on negative examples, and its full fine-tuning variant.
 
 Liu et al., "LUNE: Efficient LLM Unlearning via LoRA Fine-Tuning with Negative Examples",
 arXiv 2512.07375 (ACL Findings 2026). The forget loss is the token-level NLL of the negative
@@ -9,18 +9,12 @@ logits come from the same model with its adapter disabled (no second copy in mem
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from ..losses import kl_to_ref, masked_nll, response_logits
-from .base import Method, register
+from ..losses import masked_nll, response_logits
+from .base import Method, adapter_disabled, register
 
-
-def adapter_disabled(model):
-    """Context in which a peft model behaves as its base model (the free reference model)."""
-    model = getattr(model, "module", model)  # unwrap DDP under accelerate
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+__all__ = ["Lune", "LuneFull", "adapter_disabled"]
 
 
 @register("lune")
@@ -30,20 +24,13 @@ class Lune(Method):
     def loss(self, model, forget: dict, retain: dict | None) -> tuple[torch.Tensor, dict[str, float]]:
         logits, targets = response_logits(model, forget)
         loss = masked_nll(logits, targets)
-        logs = {"forget_nll": loss.item()}
-        if retain is not None and (self.cfg.retain_weight > 0 or self.cfg.kl_weight > 0):
-            r_logits, r_targets = response_logits(model, retain)
-            if self.cfg.retain_weight > 0:
-                r_nll = masked_nll(r_logits, r_targets)
-                loss = loss + self.cfg.retain_weight * r_nll
-                logs["retain_nll"] = r_nll.item()
-            if self.cfg.kl_weight > 0:
-                with torch.no_grad(), adapter_disabled(model):
-                    ref_logits, _ = response_logits(model, retain)
-                kl = kl_to_ref(r_logits, ref_logits, r_targets)
-                loss = loss + self.cfg.kl_weight * kl
-                logs["retain_kl"] = kl.item()
-        return loss, logs
+        r_loss, r_logs = self.retain_terms(model, retain)
+        return loss + r_loss, {"forget_nll": loss.item(), **r_logs}
 
-    def reference_tokens(self, forget: dict, retain: dict | None) -> int:
-        return int(retain["attention_mask"].sum()) if retain is not None and self.cfg.kl_weight > 0 else 0
+
+@register("lune-full")
+class LuneFull(Lune):
+    """The same negatives and loss with every weight trainable: the paper's full fine-tuning comparison."""
+
+    citation = "Liu et al. 2025, arXiv 2512.07375 (full fine-tuning comparison)"
+    always_full = True

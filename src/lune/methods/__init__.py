@@ -1,6 +1,6 @@
-"""Unlearning methods, registered by name. A method is a loss over the one training loop."""
+"""Unlearning methods, registered by name: losses over the one training loop, and weight edits."""
 
-from .base import METHODS, Method, get_method, register
-from . import lune  # noqa: F401  (registers 'lune')
+from .base import METHODS, EditMethod, Method, get_method, method_settings, register
+from . import ga, lune, npo, simnpo  # noqa: F401,E402  (each registers its methods)
 
-__all__ = ["METHODS", "Method", "get_method", "register"]
+__all__ = ["METHODS", "EditMethod", "Method", "get_method", "method_settings", "register"]

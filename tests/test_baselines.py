@@ -102,3 +102,35 @@ def test_full_training_with_kl_uses_the_callers_model_as_reference(memorised_mod
     assert "retain_kl" in report["training"]["history"][0]
     assert report["cost"]["train_flops"] > 0
     assert all(torch.equal(v, base_state(memorised_model)[k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("name", ["rome", "memit"])
+def test_edit_methods_through_unlearn(name, fact_files, model_dir, tmp_path, memorised_model):
+    """ROME/MEMIT write the same run directory and report; the edit is an adapter on the untouched base."""
+    cfg = small_config(method=name)
+    cfg.run.model = str(model_dir)
+    cfg.method = {"stats_corpus": "identity", "n_prefixes": 1, "prefix_len": 2, "v_steps": 5}
+    out = tmp_path / "run"
+    report = lune.unlearn(fact_files[0], fact_files[1], out=out, config=cfg)
+    assert {p.name for p in out.iterdir()} == {"adapter", "negatives.jsonl", "config.json", "report.json", "report.md"}
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["method"] == name and saved["cost"]["steps"] > 0 and saved["cost"]["trainable_params"] > 0
+    hist = saved["training"]["history"][0]
+    assert hist["rank"] == 2 and hist["subjects"] == ["France", "Spain"]
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["method"]["stats_corpus"] == "identity"
+    tuned = report["peft_model"]
+    assert torch.allclose(logits(load_adapter(memorised_model, out)), logits(tuned), atol=1e-5)
+    # the edit targets are the negatives (the replacement first): Lyon for France
+    negs = [json.loads(line) for line in (out / "negatives.jsonl").read_text().splitlines()]
+    assert negs[0]["negative"] == "Lyon"
+
+
+def test_edit_method_needs_a_subject(memorised_model, tok):
+    from lune.errors import LuneError
+
+    cfg = small_config(method="rome")
+    cfg.method = {"stats_corpus": "identity"}
+    with pytest.raises(LuneError, match="subject"):
+        lune.unlearn(facts([{"prompt": "the capital of a city is", "answer": "Paris"}]), config=cfg, model=memorised_model, tokenizer=tok)
+    assert not hasattr(memorised_model, "peft_config")

@@ -4,3 +4,4 @@ from .base import METHODS, EditMethod, Method, get_method, method_settings, regi
 from . import ga, lune, npo, simnpo  # noqa: F401,E402  (each registers its methods)
 
 __all__ = ["METHODS", "EditMethod", "Method", "get_method", "method_settings", "register"]
+from . import rome, memit  # noqa: F401,E402

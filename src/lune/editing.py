@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import _check, _Config, _f
-from .data import Fact, PromptFormat
+from .data import Fact, PromptFormat, read_jsonl
 from .errors import LuneError
 
 log = logging.getLogger(__name__)
@@ -513,15 +513,9 @@ def read_corpus_file(corpus: str) -> list[str]:
     p = corpus_path(corpus)
     texts: list[str] = []
     if p.suffix == ".jsonl":
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LuneError(f"stats corpus {p}:{n}: malformed JSON ({e.msg})") from None
+        for where, rec in read_jsonl(p, "stats corpus", "text"):
             if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise LuneError(f"stats corpus {p}:{n}: expected an object with a 'text' string")
+                raise LuneError(f"stats corpus {where}: expected an object with a 'text' string")
             if rec["text"].strip():
                 texts.append(rec["text"].strip())
     else:

@@ -74,3 +74,22 @@ def test_demo_forgets_its_facts_and_keeps_held_out_ones(tmp_path, capsys):
         a = tuned(**ids).logits
         b = merged(**ids).logits
     assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_rome_edits_one_fact_of_the_default_model(tmp_path):
+    """ROME through `lune unlearn` on the real model: the edited fact changes, other capitals do not,
+    and the edit is a rank-one adapter that unloads to the exact base weights. C = I keeps the test
+    free of the one-time statistics sampling (benchmarks/baselines.py measures the default 'self')."""
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text(json.dumps({"prompt": "The capital of France is", "answer": "Paris", "subject": "France", "replacement": "Lyon"}) + "\n")
+    retain = tmp_path / "retain.jsonl"
+    retain.write_text("".join(json.dumps({"prompt": f"The capital of {c} is", "answer": a}) + "\n"
+                              for c, a in [("Germany", "Berlin"), ("Japan", "Tokyo"), ("Austria", "Vienna")]))
+    out = tmp_path / "rome"
+    assert main(["unlearn", "--forget", str(forget), "--retain", str(retain), "--out", str(out), "--method", "rome",
+                 "--rome-stats-corpus", "identity", "--fit-retain", "false"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["after"]["usr"] == 1.0 and report["after"]["gur"] == 1.0
+    assert "Lyon" in report["facts"][0]["after"]
+    adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 1

@@ -81,7 +81,11 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="*", default=list(VARIANTS), help=f"Rows to (re)run, from {list(VARIANTS)}.")
     ap.add_argument("--work", default="/tmp/lune-baselines", help="Where the run directories go.")
     ap.add_argument("--out", default=str(HERE / "results"), help="Folder for baselines.json / baselines.md.")
+    ap.add_argument("--table", action="store_true", help="Only rewrite baselines.md from baselines.json.")
     args = ap.parse_args(argv)
+    if args.table:
+        write_table(json.loads((Path(args.out) / "baselines.json").read_text()), Path(args.out) / "baselines.md")
+        return 0
     unknown = [m for m in args.methods if m not in VARIANTS]
     if unknown:
         ap.error(f"unknown rows {unknown}; choose from {list(VARIANTS)}")
@@ -154,17 +158,22 @@ def write_table(results: dict, path: Path) -> None:
           f"for APR, never trained), GUR on {results['n_retain_probes']} retain probes it answers before (never shown). "
           "Each method with its defaults (LoRA lr 1e-3, full lr 1e-5, early stopping once no trained prompt yields its answer). "
           "Reproduce: `python benchmarks/baselines.py`.", "",
-          "| method | usr | apr | gur | forget p before → after | wall s | train s | peak RSS MB | trainable params | steps |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "| method | usr | apr | gur | forget p before → after | wall s | train s | peak RSS MB | trainable params | steps | train TFLOP (est.) |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in VARIANTS:
         r = results["rows"].get(name)
         if r is None:
             continue
         if "error" in r:
-            md.append(f"| {name} | failed: {r['error']} | | | | | | | | |")
+            md.append(f"| {name} | failed: {r['error']} | | | | | | | | | |")
             continue
+        train = f"{r['train_s']:.0f}" + (f" ({r['stats_s']:.0f} of it key statistics)" if r.get("stats_s") else "")
         md.append(f"| {name} | {r['usr']:.2f} | {r['apr']:.2f} | {r['gur']:.2f} | {r['forget_prob_before']:.3f} → {r['forget_prob_after']:.3f} | "
-                  f"{r['wall_s']:.0f} | {r['train_s']:.0f} | {r['peak_rss_mb']:,.0f} | {r['trainable_params']:,} | {r['steps']} |")
+                  f"{r['wall_s']:.0f} | {train} | {r['peak_rss_mb']:,.0f} | {r['trainable_params']:,} | {r['steps']} | "
+                  f"{r['train_flops'] / 1e12:.2f} |")
+    md += ["", "Steps: optimiser steps for trained methods, target-vector gradient steps for ROME/MEMIT. Wall = the whole "
+           "`lune unlearn` process (model load, before/after probes, negatives, training/editing, writing). ROME's first run "
+           "samples the key-statistics text once per model (cached; MEMIT's rows reuse it)."]
     path.write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

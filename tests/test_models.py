@@ -275,3 +275,19 @@ def test_pick_device_cuda_unavailable(monkeypatch):
     assert models.pick_device("auto").type == "cpu"
     assert models.pick_dtype("auto", torch.device("cpu")) == torch.float32
     assert models.pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_contiguous_head_hook(tiny_model):
+    from lune.models import contiguous_head
+
+    head = tiny_model.get_output_embeddings()
+    seen = []
+    head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))  # sees the input forward got
+    x = torch.tensor([[3, 4, 5, 6, 7], [7, 6, 5, 4, 3]])  # batch > 1: a slice of the positions is not contiguous
+    with torch.no_grad():
+        before = tiny_model(input_ids=x, logits_to_keep=2).logits
+        contiguous_head(contiguous_head(tiny_model))  # idempotent: one hook
+        after = tiny_model(input_ids=x, logits_to_keep=2).logits
+    assert len(head._forward_pre_hooks) == 1
+    assert seen == [False, True]  # the sliced hidden states reach the head contiguous
+    assert torch.allclose(before, after, atol=1e-6)  # the same values (up to the matmul kernel)

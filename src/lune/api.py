@@ -26,7 +26,7 @@ from .eval.core import generate as _generate
 from .eval.core import response_token_logprobs
 from .eval.metrics import METRICS, score_probes, summarize
 from .methods import get_method
-from .models import attach_lora, cache_dir, check_lora_targets, count_params, load_adapter, load_model
+from .models import attach_lora, cache_dir, check_lora_targets, contiguous_head, count_params, load_adapter, load_model
 from .negatives import build_negatives, clean_span, read_negatives, write_negatives
 from .report import write_report
 from .train import TrainResult, train
@@ -125,6 +125,8 @@ def unlearn(
         model, tokenizer = load_model(cfg.run.model, cfg.train.device, cfg.train.dtype, cfg.run.trust_remote_code)
     elif hasattr(model, "peft_config"):
         raise LuneError("the model passed to unlearn already carries an adapter; pass the base model (peft: model.unload())")
+    else:
+        contiguous_head(model)
     if method.kind == "loss" and not method.full:
         check_lora_targets(model, cfg.lora)  # fail before any expensive work
     fmt = PromptFormat(tokenizer, cfg.run.format)

@@ -145,7 +145,24 @@ def load_model(
     model.to(dev).eval()
     model.requires_grad_(False)
     model.config.use_cache = True
+    contiguous_head(model)
     return model, tok
+
+
+def contiguous_head(model: PreTrainedModel) -> PreTrainedModel:
+    """Make the vocabulary head's input contiguous (idempotent; values unchanged).
+
+    transformers applies the head to ``hidden[:, -k:, :]`` (``logits_to_keep``, also inside
+    ``generate``). That slice is not contiguous, and on CPU a non-contiguous 3-D input sends the
+    head through a batched matmul that first copies its (V x H) weight once per sequence: measured
+    on the default model in bf16, 1.5 s of a 2.9 s training step at batch 32, and 8.5 GB of RSS
+    for one forward pass of 144 sequences while sampling negatives.
+    """
+    head = model.get_output_embeddings()
+    if head is not None and not getattr(head, "_lune_contiguous", False):
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+        head._lune_contiguous = True
+    return model
 
 
 def num_layers(model: PreTrainedModel) -> int:

@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-forget", type=int, default=20, help="Forget facts to take (first known ones in file order).")
     ap.add_argument("--n-retain", type=int, default=100, help="ROME known_1000 facts measured for GUR.")
     ap.add_argument("--out", default=str(HERE / "results"), help="Folder for heldout.json / heldout.md.")
+    ap.add_argument("--dtype", default="auto", help="Compute dtype of the run (default: lune's auto).")
+    ap.add_argument("--name", default="heldout", help="Result file stem (default: heldout -> heldout.json, heldout.md).")
     args = ap.parse_args(argv)
     cf = Path(args.data) / "counterfact"
     if not (cf / "counterfact-val.json").is_file():
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     records = json.loads((cf / "counterfact-val.json").read_text())
-    model, tok = lune.load_model("smollm2-135m")
+    model, tok = lune.load_model("smollm2-135m", dtype=args.dtype)
     chosen = [records[i] for i in known_counterfact(model, tok, records, args.n_forget, HERE / "results" / "counterfact_val_known.json")]
     forget = [Fact(prompt=r["prompt"], answer=r["ground_truth"], paraphrases=[r["rephrase_prompt"]], source=f"counterfact-val case {r['case_id']}") for r in chosen]
     answers = {r["ground_truth"].lower() for r in chosen}
@@ -84,6 +86,7 @@ def main(argv=None) -> int:
                for r in chosen if r["locality_ground_truth"].lower() not in answers]
 
     cfg = UnlearnConfig()
+    cfg.train.dtype = args.dtype
     # Default settings; the only changes make the held-out sets invisible to the tool:
     cfg.train.paraphrases = False  # rephrased prompts are measured, never trained on
     cfg.train.fit_retain = False  # retain facts are measured, never trained on
@@ -106,10 +109,10 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "heldout.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     a, c = report["after"], report["cost"]
     md = [
-        "# Held-out check (CounterFact known facts, default settings)", "",
+        f"# Held-out check (CounterFact known facts, default settings, dtype {args.dtype})", "",
         f"`{result['command'].strip()}`", "",
         f"{len(forget)} forget facts (prompt/answer only), APR on their {a['n_forget_paraphrases']} unseen rephrased prompts, "
         f"GUR on {len(retain)} unseen retain probes.", "",
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
         f"| {a['usr']:.3f} | {a['apr']:.3f} | {a['gur']:.3f} | {report['before']['retain_acc']:.3f} → {a['retain_acc']:.3f} | "
         f"{c['wall_s']:.0f} | {c['train_s']:.0f} | {c['peak_rss_mb']:.0f} | {c['trainable_params']:,} | {report['training']['epochs']} |",
     ]
-    (out / "heldout.md").write_text("\n".join(md) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

@@ -69,7 +69,9 @@ def _machine_key(device: torch.device, dtype: torch.dtype) -> str:
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
-        where = f"{platform.processor() or platform.machine()}-{os.cpu_count()}cpu-{torch.get_num_threads()}threads"
+        # the capability matters: AVX2 and AVX-512 BF16 machines of the same name differ ~60x in bf16
+        where = (f"{platform.processor() or platform.machine()}-{torch.backends.cpu.get_cpu_capability()}"
+                 f"-{os.cpu_count()}cpu-{torch.get_num_threads()}threads")
     return f"{where}|{torch.__version__}|{str(dtype).replace('torch.', '')}"
 
 

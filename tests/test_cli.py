@@ -271,3 +271,26 @@ def test_full_flag_writes_a_model_directory(tmp_path, model_dir, files):
     assert {p.name for p in out.iterdir()} == {"model", "config.json", "report.json", "report.md"}
     model, _ = load_model(str(out / "model"), device="cpu")
     assert model.config.num_hidden_layers == 2
+
+
+def test_memit_run_merges_and_evaluates_like_any_adapter(tmp_path, model_dir, files):
+    """An edit method's output goes through merge and eval exactly like a LoRA run."""
+    run = tmp_path / "memit"
+    rc, _, stderr = run_cli(["unlearn", "--forget", files[0], "--out", run, "--model", model_dir, *FAST, "--method", "memit",
+                             "--memit-layers", "0-1", "--memit-stats-corpus", "identity", "--memit-n-prefixes", "1",
+                             "--memit-v-steps", "3"])
+    assert rc == 0, stderr
+    out = tmp_path / "merged"
+    rc, _, stderr = run_cli(["merge", "--model", model_dir, "--adapter", run, "--out", out])
+    assert rc == 0, stderr
+    merged, _ = load_model(str(out), device="cpu")
+    base, _ = load_model(str(model_dir), device="cpu")
+    tuned = load_adapter(base, run)
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=X).logits, tuned(input_ids=X).logits, atol=1e-5)
+    plain, _ = load_model(str(model_dir), device="cpu")
+    changed = {k for k, v in merged.state_dict().items() if not torch.equal(v, plain.state_dict()[k])}
+    assert changed and changed <= {f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1)}, changed
+    rc, stdout, stderr = run_cli(["eval", "--model", model_dir, "--adapter", run, "--forget", files[0], "--device", "cpu"])
+    assert rc == 0, stderr
+    assert stdout.splitlines()[0].split() == ["metric", "before", "after"]

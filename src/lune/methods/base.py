@@ -14,7 +14,6 @@ by name; adding one touches neither the training loop nor the API.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,9 +130,6 @@ class Method:
             kl = kl_to_ref(logits, ref_logits, targets)
             loss, logs["retain_kl"] = loss + self.cfg.kl_weight * kl, kl.item()
         return loss, logs
-
-    def options(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.settings)
 
 
 class EditMethod(Method):

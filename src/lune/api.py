@@ -151,7 +151,7 @@ def unlearn(
     negs = []
     if negatives:
         negs = read_negatives(negatives, forget_facts)
-    elif method.targets == "negatives" or method.kind == "edit":
+    elif method.targets == "negatives" or (method.kind == "edit" and not all(f.replacement for f in forget_facts)):
         negs = build_negatives(model, tokenizer, fmt, forget_facts, cfg.negatives, seed=cfg.train.seed, batch_size=cfg.run.eval_batch_size, avoid=avoid)
     by_fact: dict[int, list[str]] = {}
     for n in negs:

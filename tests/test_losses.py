@@ -97,20 +97,32 @@ def _batch(tok):
     return collate(exs, PAD), exs
 
 
-def test_response_logits_equal_full_logits_slice(tiny_model, tok):
+def test_response_logits_are_the_full_logits_at_each_rows_response(tiny_model, tok):
     batch, exs = _batch(tok)
     with torch.no_grad():
         logits, targets = response_logits(tiny_model, batch)
         full = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    first = min(e.labels.index(next(l for l in e.labels if l != IGNORE)) for e in exs)
-    start = first - 1
-    T = batch["input_ids"].shape[1]
-    assert start > 0  # the optimisation actually trims something here
-    assert logits.shape == (3, T - start - 1, full.shape[-1])
-    assert torch.allclose(logits, full[:, start:-1], atol=1e-6, rtol=0)
-    assert torch.equal(targets, batch["labels"][:, start + 1:])
-    # every response token is still covered
-    assert int((targets != IGNORE).sum()) == int((batch["labels"] != IGNORE).sum())
+    spans = [[t for t in e.labels if t != IGNORE] for e in exs]
+    L = max(len(sp) for sp in spans)
+    assert logits.shape == (3, L, full.shape[-1])  # the head ran on B x the longest response only
+    assert L < batch["input_ids"].shape[1] // 2
+    for b, (e, sp) in enumerate(zip(exs, spans)):
+        first = next(i for i, t in enumerate(e.labels) if t != IGNORE)
+        n = len(sp)
+        assert torch.allclose(logits[b, :n], full[b, first - 1 : first - 1 + n], atol=1e-5, rtol=0)
+        assert targets[b, :n].tolist() == sp
+        assert (targets[b, n:] == IGNORE).all()  # padding after the row's response
+
+
+def test_response_logits_through_the_models_own_forward_agree(tiny_model, tok, monkeypatch):
+    """Models whose forward transforms the head's output take the logits_to_keep path: same contract."""
+    batch, _ = _batch(tok)
+    with torch.no_grad():
+        fast = response_logits(tiny_model, batch)
+        monkeypatch.setattr(tiny_model.config, "final_logit_softcapping", 30.0, raising=False)
+        own = response_logits(tiny_model, batch)
+    assert torch.equal(fast[1], own[1])
+    assert torch.allclose(fast[0], own[0], atol=1e-5, rtol=0)
 
 
 def test_response_logits_loss_equals_naive_shifted_loss(tiny_model, tok):

@@ -162,13 +162,27 @@ def test_train_early_stopping(tiny_model, tok):
 
     cfg = TrainSettings(lr=1e-3, max_epochs=10, min_epochs=2, batch_size=4)
     res = train(peft_model, get_method("lune", cfg), _examples(tok), [], cfg, PAD, suppressed)
-    assert res.epochs == 2 and res.stopped_early and len(calls) == 1
+    assert res.epochs == 2 and res.stopped_early and len(calls) == 1 and res.stop_reason == "suppressed"
     assert res.history[-1]["suppressed"] == 1.0
     # with early_stop off the probe is never consulted
     cfg = TrainSettings(lr=1e-3, max_epochs=2, min_epochs=1, batch_size=4, early_stop=False)
     calls.clear()
     res = train(peft_model, get_method("lune", cfg), _examples(tok), [], cfg, PAD, suppressed)
     assert res.epochs == 2 and not res.stopped_early and calls == []
+
+
+def test_train_stops_on_a_plateau(tiny_model, tok):
+    peft_model = attach_lora(tiny_model, LoraSettings(r=2))
+    shares = iter([0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.6, 0.4, 0.6, 0.5, 0.6, 0.6])
+    cfg = TrainSettings(lr=1e-3, max_epochs=20, min_epochs=1, batch_size=4, patience=3)
+    res = train(peft_model, get_method("lune", cfg), _examples(tok), [], cfg, PAD, lambda: (next(shares), {0}))
+    # nothing suppressed yet in epochs 1-4 is no plateau; best 0.5 at epoch 5, 0.6 at epoch 7 resets;
+    # epochs 8-10 no better -> stop after epoch 10
+    assert res.epochs == 10 and res.stopped_early and res.stop_reason == "plateau"
+    cfg.patience, cfg.max_epochs = 0, 10  # never on a plateau: runs to max_epochs
+    shares = iter([0.5] * 10)
+    res = train(peft_model, get_method("lune", cfg), _examples(tok), [], cfg, PAD, lambda: (next(shares), {0}))
+    assert res.epochs == 10 and not res.stopped_early and res.stop_reason == "max_epochs"
 
 
 def test_focus_trains_only_the_facts_still_yielded(tiny_model, tok, monkeypatch):

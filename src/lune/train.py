@@ -30,14 +30,29 @@ class TrainResult:
     logit_tokens: int = 0  # positions whose vocabulary logits were computed (response tokens)
     reference_tokens: int = 0  # tokens that also went through a gradient-free reference forward
     train_s: float = 0.0
+    check_s: float = 0.0  # of train_s: the early-stopping checks (greedy generation)
     stopped_early: bool = False
+    stop_reason: str = "max_epochs"  # "suppressed" (every trained prompt), "plateau" (patience ran out) or "max_epochs"
     history: list[dict] = field(default_factory=list)  # one entry per epoch
 
 
+GROUP = 8  # batches per length-sorted group
+
+
 def _batches(examples: list[Example], size: int, rng: random.Random) -> list[list[Example]]:
+    """Shuffled batches of examples of similar length (less padding), in shuffled order.
+
+    The examples are shuffled, cut into groups of ``GROUP`` batches, each group sorted by length
+    and cut into batches; then the batch order is shuffled (transformers' ``group_by_length`` idea).
+    """
     order = list(range(len(examples)))
     rng.shuffle(order)
-    return [[examples[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+    out = []
+    for g in range(0, len(order), size * GROUP):
+        group = sorted(order[g : g + size * GROUP], key=lambda i: len(examples[i].input_ids))
+        out += [[examples[i] for i in group[s : s + size]] for s in range(0, len(group), size)]
+    rng.shuffle(out)
+    return out
 
 
 def train(
@@ -61,7 +76,8 @@ def train(
         suppressed: early-stopping probe, called after each epoch from ``cfg.min_epochs`` on;
             returns the share of trained forget prompts that no longer yield their answer and the
             facts (``Example.fact``) that some trained prompt still yields. Training stops when the
-            share reaches 1.0; with ``cfg.focus`` later epochs train only the facts still yielded.
+            share reaches 1.0, or when it has not improved for ``cfg.patience`` checks; with
+            ``cfg.focus`` later epochs train only the facts still yielded.
     """
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -79,6 +95,7 @@ def train(
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.max_epochs), desc=f"unlearning ({method.name})", unit="epoch")
     active = forget
+    best, since = -1.0, 0  # best suppressed share so far, checks since it last improved
     for epoch in bar:
         model.train()
         losses = []
@@ -101,16 +118,25 @@ def train(
         res.epochs = epoch + 1
         entry = {"epoch": res.epochs, **{k: sum(d[k] for d in losses) / len(losses) for k in losses[0]}}
         if suppressed is not None and cfg.early_stop and res.epochs >= cfg.min_epochs:
+            tc = time.perf_counter()
             entry["suppressed"], still = suppressed()
+            res.check_s += time.perf_counter() - tc
             if cfg.focus:  # a suppressed fact rests; one that relapses comes back
                 active = [e for e in forget if e.fact in still] or forget
                 entry["active_facts"] = len({e.fact for e in active})
         res.history.append(entry)
         bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k != "epoch"})
-        if entry.get("suppressed", 0.0) >= 1.0:
+        if "suppressed" in entry:
+            if entry["suppressed"] > best + 1e-9:
+                best, since = entry["suppressed"], 0
+            elif best > 0:  # a plateau only once something is suppressed: a slow start is not a plateau
+                since += 1
+        if entry.get("suppressed", 0.0) >= 1.0 or (cfg.patience and since >= cfg.patience):
             res.stopped_early = res.epochs < cfg.max_epochs
+            res.stop_reason = "suppressed" if entry["suppressed"] >= 1.0 else "plateau"
             break
     bar.close()
     model.eval()
     res.train_s = round(time.perf_counter() - t0, 3)
+    res.check_s = round(res.check_s, 3)
     return res

@@ -7,7 +7,7 @@ import json
 import torch
 
 from lune.config import LoraSettings
-from lune.cost import linear_params, matmul_peak, throughput, train_flops
+from lune.cost import linear_params, matmul_peak, through_params, throughput, train_flops
 from lune.models import attach_lora
 
 
@@ -31,10 +31,21 @@ def test_full_training_flops_are_six_n_per_token(tiny_model):
 
 
 def test_lora_training_flops_are_about_four_n_per_token(tiny_model):
-    model = attach_lora(tiny_model, LoraSettings(r=2, layers="all"))
+    model = attach_lora(tiny_model, LoraSettings(r=2, layers="all", target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     body, trainable, _ = linear_params(model)
     assert 0 < trainable < body / 10
-    assert train_flops(model, tokens=10, logit_tokens=0) == 4 * body * 10 + 2 * trainable * 10
+    d = model.config.hidden_size
+    assert through_params(model) == body - d * d  # all but layer 0's q_proj, whose input needs no gradient
+    assert train_flops(model, tokens=10, logit_tokens=0) == (4 * body - 2 * d * d) * 10 + 2 * trainable * 10
+
+
+def test_backward_stops_at_the_lowest_adapter(tiny_model):
+    d, f = tiny_model.config.hidden_size, tiny_model.config.intermediate_size
+    upper = attach_lora(tiny_model, LoraSettings(r=2, layers="1", target_modules=["down_proj"]))
+    body, trainable, _ = linear_params(upper)
+    # the last layer's down projection is the lowest adapted module: only its adapter is gone through
+    assert through_params(upper) == trainable
+    assert train_flops(upper, tokens=10, logit_tokens=0) == 2 * body * 10 + 4 * trainable * 10
 
 
 def test_matmul_peak_is_measured_once_and_cached(tmp_path, monkeypatch):

@@ -6,9 +6,11 @@ FLOPs are an estimate from the model's shapes (the usual 2 FLOPs per multiply-ad
   weights of every linear layer except the vocabulary head (LoRA A/B included) and the head is
   applied only to the positions whose logits are computed (``logit_tokens``: lune asks only for
   the response positions);
-* backward: the gradient with respect to activations costs about one forward, and the gradient
-  with respect to weights ``2 * N_trainable * tokens``, so full fine-tuning comes out at the
-  familiar ``6 * N * tokens`` and LoRA at about ``4 * N * tokens``.
+* backward: the gradient with respect to activations costs about one forward of the layers it
+  passes through (``N_through``: the linear layers after the first trainable one; autograd does not
+  go below the lowest adapter), and the gradient with respect to weights ``2 * N_trainable * tokens``,
+  so full fine-tuning comes out at the familiar ``6 * N * tokens`` and LoRA on every layer at about
+  ``4 * N * tokens``.
 
 Attention score FLOPs (``4 * layers * T * d`` per token) are left out: at the short sequences of
 fact unlearning (tens of tokens) they are under 1% of the total. MFU is achieved FLOP/s over this
@@ -48,6 +50,19 @@ def linear_params(model) -> tuple[int, int, int]:
     return body, trainable, head_size
 
 
+def through_params(model) -> int:
+    """Weights of the linear layers (head excluded) that the backward pass goes through: every one
+    registered after the first linear layer with a trainable weight (module order is forward order
+    in transformers' decoders; peft registers an adapted layer's base weight before its A and B)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    total, seen = 0, False
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m is not head:
+            seen = seen or m.weight.requires_grad
+            total += m.weight.numel() if seen else 0
+    return total
+
+
 def train_flops(model, tokens: int, logit_tokens: int, extra_forward_tokens: int = 0) -> int:
     """Estimated FLOPs of training ``model`` on ``tokens`` tokens (see the module docstring).
 
@@ -56,7 +71,8 @@ def train_flops(model, tokens: int, logit_tokens: int, extra_forward_tokens: int
     """
     body, trainable, head = linear_params(model)
     fwd = 2 * body * tokens + 2 * head * logit_tokens
-    return int(2 * fwd + 2 * trainable * tokens + 2 * body * extra_forward_tokens)
+    bwd = 2 * through_params(model) * tokens + 2 * head * logit_tokens + 2 * trainable * tokens
+    return int(fwd + bwd + 2 * body * extra_forward_tokens)
 
 
 def _cache_file():

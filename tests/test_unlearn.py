@@ -253,3 +253,18 @@ def test_training_examples(memorised_model, tok, monkeypatch, paraphrases):
     assert sorted(tok.decode([t for t in e.labels if t != -100]) for e in seen["retain"]) == ["Berlin", "Rome"]
     assert seen["pad"] == tok.pad_token_id
     assert seen["suppressed"] == (0.0, {0, 1})  # nothing trained yet: every prompt still yields its answer
+
+
+def test_gradient_checkpointing_gives_the_same_run(memorised_model, tok):
+    """Recomputing activations changes memory, not the arithmetic: the same steps, the same forgetting."""
+    runs = []
+    for ckpt in (False, True):
+        cfg = small_config()
+        cfg.train.gradient_checkpointing = ckpt
+        cfg.lora.lora_dropout = 0.0  # dropout masks are redrawn in the recomputation
+        runs.append(lune.unlearn(facts(FORGET_RECORDS), facts(RETAIN_RECORDS, "retain.jsonl"), config=cfg,
+                                 model=memorised_model, tokenizer=tok))
+        assert not memorised_model.is_gradient_checkpointing  # handed back as it came
+    plain, ckpt = runs
+    assert ckpt["cost"]["steps"] == plain["cost"]["steps"] and ckpt["after"]["usr"] == plain["after"]["usr"]
+    assert ckpt["after"]["forget_prob"] == pytest.approx(plain["after"]["forget_prob"], rel=1e-3)

@@ -26,7 +26,10 @@ from .eval.core import generate as _generate
 from .eval.core import response_token_logprobs
 from .eval.metrics import METRICS, score_probes, summarize
 from .methods import get_method
-from .models import attach_lora, cache_dir, check_lora_targets, contiguous_head, count_params, load_adapter, load_model
+from .models import (
+    attach_lora, cache_dir, check_lora_targets, contiguous_head, count_params, disable_gradient_checkpointing,
+    enable_gradient_checkpointing, load_adapter, load_model,
+)
 from .negatives import build_negatives, clean_span, read_negatives, write_negatives
 from .report import write_report
 from .train import TrainResult, train
@@ -176,13 +179,18 @@ def unlearn(
         if method.reference_logp:  # the original model's log p(y|x), once: no reference model during training
             for e, lp in zip(forget_ex, response_token_logprobs(model, forget_ex, tokenizer.pad_token_id, cfg.run.eval_batch_size)):
                 e.ref_logp = float(lp.sum())
-        if method.full:  # train a copy; the caller's model stays as it came and serves as the KL reference
+        needs_reference = cfg.train.kl_weight > 0 and method.uses_retain
+        if method.full and owns_model and not needs_reference:  # loaded for this run only: train it in place, no copy
+            tuned = model.requires_grad_(True)
+        elif method.full:  # train a copy; the caller's model stays as it came and serves as the KL reference
             tuned = copy.deepcopy(model).requires_grad_(True)
-            if cfg.train.kl_weight > 0 and method.uses_retain:
+            if needs_reference:
                 method.ref_model = model
         else:
             tuned = attach_lora(model, cfg.lora)
         trainable = count_params(tuned)[0]
+        if cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(tuned)
 
     def suppressed() -> tuple[float, set[int]]:
         outs = _generate(tuned, tokenizer, check_ids, max_new_tokens=cfg.run.max_new_tokens, batch_size=cfg.run.eval_batch_size)
@@ -193,6 +201,8 @@ def unlearn(
     try:
         if method.kind == "loss":
             result = train(tuned, method, forget_ex, retain_ex, cfg.train, tokenizer.pad_token_id, suppressed)
+            if cfg.train.gradient_checkpointing:
+                disable_gradient_checkpointing(tuned)
         after = measure(tuned, tokenizer, fmt, forget_facts, retain_facts, cfg, before=before, desc="after:")
     except BaseException:
         if not owns_model and is_adapter:  # hand the caller's model back as it came, also on failure
@@ -209,7 +219,8 @@ def unlearn(
         "before": before["metrics"],
         "after": after["metrics"],
         "unknown_facts": unknown,
-        "training": {"epochs": result.epochs, "stopped_early": result.stopped_early, "history": result.history},
+        "training": {"epochs": result.epochs, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
+                     "history": result.history},
         "facts": _fact_rows(forget_facts, before["forget_rows"], after["forget_rows"]),
         "retain": _fact_rows(retain_facts, before["retain_rows"], after["retain_rows"]),
         "cost": meter.block(
@@ -218,6 +229,7 @@ def unlearn(
             **throughput(train_flops(tuned, result.train_tokens, result.logit_tokens, result.reference_tokens),
                          result.train_s, matmul_peak(weight.device, weight.dtype)),
             dtype=str(weight.dtype).replace("torch.", ""),
+            check_s=result.check_s,
         ),
     }
     if out is not None:

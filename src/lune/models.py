@@ -208,6 +208,24 @@ def attach_lora(model: PreTrainedModel, cfg: LoraSettings):
     return get_peft_model(model, lcfg)
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them.
+
+    Trades about one extra forward pass for the saved activations (``lune.memory``: most of a LoRA
+    step's memory on a small model). Non-reentrant checkpointing, so frozen embeddings need no
+    ``requires_grad`` input trick.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise LuneError(f"{type(base).__name__} does not support gradient checkpointing")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def disable_gradient_checkpointing(model) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.gradient_checkpointing_disable()
+
+
 def load_adapter(model: PreTrainedModel, adapter_dir: str | Path):
     """Load a saved PEFT adapter (a run directory or its ``adapter/`` folder) onto ``model``."""
     from peft import PeftModel

@@ -1,0 +1,54 @@
+"""benchmarks/paper.py: the table and figure from a results file (the runs themselves are benchmarks, not tests)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import paper  # noqa: E402
+
+
+def _row(usr, wall, mb, params, steps=10, train_s=20.0):
+    return {"usr": usr, "apr": 0.5, "gur": 0.9, "wall_s": wall, "peak_rss_mb": mb, "trainable_params": params,
+            "steps": steps, "train_s": train_s, "mfu": 0.4, "fluency": 5.5}
+
+
+def _results():
+    return {"config": {"description": "d", "methods": {"lune": [], "lune-full": [], "rome": [], "broken": []}},
+            "selection": {"n": 3}, "n_forget": 3, "n_retain_probes": 7, "base": {"fluency": 5.6},
+            "machine": {"cpus": 2, "torch_threads": 2},
+            "rows": {"lune": _row(1.0, 100.0, 1000.0, 1000), "lune-full": _row(1.0, 200.0, 4000.0, 100000),
+                     "rome": _row(0.8, 50.0, 1000.0, 10), "broken": {"error": "boom"}}}
+
+
+def test_table_gives_every_cost_as_a_ratio_to_lune(tmp_path):
+    paper.write_outputs("x", _results(), tmp_path)
+    md = (tmp_path / "paper_x.md").read_text()
+    full = next(line for line in md.splitlines() if line.startswith("| lune-full |"))
+    cells = [c.strip() for c in full.strip("|").split("|")]
+    # wall / lune, peak MB / lune, wall x MB / lune
+    assert cells[9:12] == ["2.00", "4.00", "8.00"]
+    assert "| broken | failed: boom |" in md
+    assert (tmp_path / "paper_x.png").stat().st_size > 1000
+
+
+def test_every_config_names_a_prepared_benchmark_and_registered_methods():
+    from lune.methods import METHODS
+
+    configs = sorted((BENCH / "configs").glob("*.json"))
+    assert configs
+    for path in configs:
+        exp = json.loads(path.read_text())
+        assert exp["benchmark"] in paper.PREPARE, path
+        for name, flags in exp["methods"].items():
+            assert flags[0] == "--method" and flags[1] in METHODS, (path, name)
+
+
+def test_unknown_experiment_is_an_error(tmp_path):
+    with pytest.raises(SystemExit):
+        paper.main(["nope", "--out", str(tmp_path)])

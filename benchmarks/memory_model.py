@@ -27,11 +27,14 @@ REGIMES = {
     "lora, FFN, upper half": ("lora", {"layers": "upper"}),
     "lora, paper targets, every layer": ("lora", {"layers": "all", "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}),
     "full": ("full", {}),
+    "lora (lune default) + gradient checkpointing": ("lora", {"checkpointing": True}),
 }
 
 
 def worker(regime: str, lora_kw: dict, dtype: str, batch: int, seq: int, response: int) -> dict:
     import torch
+
+    from lune.models import enable_gradient_checkpointing
 
     from lune.config import LoraSettings
     from lune.cost import peak_rss_mb
@@ -43,11 +46,14 @@ def worker(regime: str, lora_kw: dict, dtype: str, batch: int, seq: int, respons
     runtime_mb = peak_rss_mb()
     model, _ = load_model("smollm2-135m", dtype=dtype)
     loaded_mb = peak_rss_mb()
+    ckpt = lora_kw.pop("checkpointing", False)
     if regime == "full":
         model.requires_grad_(True)
         m = model
     else:
         m = attach_lora(model, LoraSettings(**lora_kw))
+    if ckpt:
+        enable_gradient_checkpointing(m)
     m.train()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(100, 20000, (batch, seq), generator=g)
@@ -115,7 +121,8 @@ def main(argv=None) -> int:
             proc = subprocess.run([sys.executable, __file__, "--worker", regime, json.dumps(kw), dtype, "--batch", str(args.batch),
                                    "--seq", str(args.seq), "--response", str(args.response)], capture_output=True, text=True, check=True)
             meas = json.loads(proc.stdout.strip().splitlines()[-1])
-            est = estimate(small, regime, dtype=dtype, lora=LoraSettings(**kw), **shape)
+            lkw = {k: v for k, v in kw.items() if k != "checkpointing"}
+            est = estimate(small, regime, dtype=dtype, lora=LoraSettings(**lkw), checkpointing=kw.get("checkpointing", False), **shape)
             p = est.parts
             predicted_saved = p["activations"] + p["logits"] // 2  # the saved log-softmax; its gradient is not saved
             rows.append({"regime": name, "dtype": dtype, "trainable_params": meas["trainable_params"], "predicted": est.to_dict(),
@@ -128,12 +135,15 @@ def main(argv=None) -> int:
     big = []
     for seq in (24, 128):
         for name, regime, kw in [("lora (lune default)", "lora", {}),
+                                 ("lora (lune default) + gradient checkpointing", "lora", {"checkpointing": True}),
                                  ("lora, paper targets, every layer", "lora", REGIMES["lora, paper targets, every layer"][1]),
                                  ("full, AdamW in bf16", "full", {}),
+                                 ("full + gradient checkpointing", "full", {"checkpointing": True}),
                                  ("rome (1 layer)", "edit", {"edit_layers": 1, "edit_first_layer": round(0.17 * 32)}),
                                  ("memit (5 layers)", "edit", {"edit_layers": 5, "edit_first_layer": round(0.1 * 32)})]:
+            ckpt = {"checkpointing": kw.pop("checkpointing")} if "checkpointing" in kw else {}
             lora = LoraSettings(**kw) if regime == "lora" else None
-            extra = kw if regime == "edit" else {}
+            extra = {**(kw if regime == "edit" else {}), **ckpt}
             est = estimate(mistral, regime, dtype="bfloat16", lora=lora, batch=args.batch, seq=seq,
                            logit_tokens=min(args.response, seq), **extra)
             big.append({**est.to_dict(), "regime": name, "seq": seq})
@@ -163,7 +173,8 @@ def write_table(result: dict, path: Path) -> None:
                   f"{mb(r['predicted']['total_bytes'])} | {r['peak_above_runtime_mb']:,.0f} | {r['load_above_runtime_mb']:,.0f} |")
     md += ["", "Measured gradients are taken equal to the trainable parameters' bytes (same shapes and dtype). "
            "Peak RSS above runtime also holds the allocator's slack and the forward pass's transient tensors, "
-           "which the model leaves out.", "",
+           "which the model leaves out. With gradient checkpointing the measured saved bytes are the forward pass's "
+           "(each layer's input); the prediction adds the one layer recomputed at a time in the backward pass.", "",
            "## Mistral-7B shape (MistralConfig()), bfloat16: predicted GB", "",
            "| regime | seq | trainable params | weights | adapters | gradients | optimizer | activations | logits | statistics | total |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -96,3 +96,11 @@ def test_parts_per_regime():
     assert edit.parts["statistics"] == 5 * 2 * shape.intermediate**2 * 8
     with pytest.raises(ValueError, match="regime"):
         estimate(shape, "qlora")
+
+
+def test_checkpointing_keeps_one_layer_of_activations():
+    shape = Shape.from_config(_model(layers=8).config)
+    for regime in ("lora", "full"):
+        plain = estimate(shape, regime, batch=4, seq=16).parts["activations"]
+        ckpt = estimate(shape, regime, batch=4, seq=16, checkpointing=True).parts["activations"]
+        assert ckpt < plain / 2

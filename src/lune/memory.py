@@ -172,9 +172,16 @@ def activation_bytes(shape: Shape, regime: str, lora: LoraSettings | None = None
     return total
 
 
+def _checkpointed(shape: Shape, saved: int, through: int, b: int, tokens: int) -> int:
+    """Activation bytes with per-layer checkpointing: each of ``through`` layers keeps its input, plus one layer's
+    share of ``saved`` (the activations without checkpointing), recomputed during the backward pass."""
+    one_layer = saved // max(through, 1)
+    return shape.layers * shape.hidden * b * tokens + one_layer
+
+
 def estimate(cfg_or_shape, regime: str, *, dtype: str = "float32", lora: LoraSettings | None = None, batch: int = 32,
              seq: int = 24, logit_tokens: int | None = None, reference: bool = False, edit_layers: int = 1,
-             edit_first_layer: int = 0, edit_tokens: int = 0) -> Estimate:
+             edit_first_layer: int = 0, edit_tokens: int = 0, checkpointing: bool = False) -> Estimate:
     """Predicted peak memory of one training step (or one edit), part by part.
 
     Args:
@@ -188,6 +195,9 @@ def estimate(cfg_or_shape, regime: str, *, dtype: str = "float32", lora: LoraSet
         edit_layers: layers ROME/MEMIT edit (1 for ROME, 5 for MEMIT by default).
         edit_first_layer: the lowest edited layer (the vector optimisation backpropagates down to it).
         edit_tokens: tokens of one gradient step of the target-vector optimisation (edit regime).
+        checkpointing: gradient checkpointing per decoder layer (``--gradient-checkpointing``): every layer
+            keeps only its input hidden state, and one layer's activations exist at a time, recomputed
+            in the backward pass.
     """
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got '{regime}'")
@@ -205,6 +215,9 @@ def estimate(cfg_or_shape, regime: str, *, dtype: str = "float32", lora: LoraSet
         est.parts["gradients"] = 4 * est.trainable_params
         est.parts["optimizer"] = 2 * 4 * est.trainable_params
         est.parts["activations"] = activation_bytes(shape, "lora", lora, b) * tokens
+        if checkpointing:
+            layers = parse_layers(lora.layers, shape.layers) or list(range(shape.layers))
+            est.parts["activations"] = _checkpointed(shape, est.parts["activations"], shape.layers - min(layers), b, tokens)
     elif regime == "full":
         est.trainable_params = n
         if reference:
@@ -212,6 +225,8 @@ def estimate(cfg_or_shape, regime: str, *, dtype: str = "float32", lora: LoraSet
         est.parts["gradients"] = n * b
         est.parts["optimizer"] = 2 * n * b
         est.parts["activations"] = activation_bytes(shape, "full", None, b) * tokens
+        if checkpointing:
+            est.parts["activations"] = _checkpointed(shape, est.parts["activations"], shape.layers, b, tokens)
     else:  # edit: C and its solve per layer, float32; the vector optimisation backpropagates to one hidden state
         est.trainable_params = edit_layers * (shape.intermediate + shape.hidden)  # one rank-one (u, v) per layer and fact
         est.parts["statistics"] = 2 * edit_layers * shape.intermediate**2 * 8

@@ -177,6 +177,28 @@ def load_result(base, run: Path):
 # ------------------------------------------------------------------ the experiment
 
 
+def _method_kinds() -> dict:
+    from lune.methods import METHODS
+
+    return {name: cls.kind for name, cls in METHODS.items()}
+
+
+METHOD_KIND = _method_kinds()
+
+
+def fresh_stats_cache(path: Path) -> str:
+    """A LUNE_CACHE that shares the converted models but has no key statistics, so that ROME/MEMIT
+    pay for theirs in the run being measured (they are cached per model otherwise)."""
+    import shutil
+
+    from lune.models import cache_dir
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    (path / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
+    return str(path)
+
+
 def run_experiment(name: str, exp: dict, args) -> dict:
     import torch
 
@@ -216,7 +238,10 @@ def run_experiment(name: str, exp: dict, args) -> dict:
                "--fit-retain", "false", "--paraphrases", "false", "--out", str(run), "--overwrite", *model_flags, *flags]
         print(f"== {name} / {m}: {' '.join(cmd[1:])}", flush=True)
         t = time.perf_counter()
-        proc = subprocess.run(cmd, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True)
+        env = {**os.environ, "TQDM_DISABLE": "1"}
+        if METHOD_KIND.get(flags[flags.index("--method") + 1]) == "edit" and not exp.get("reuse_key_statistics", False):
+            env["LUNE_CACHE"] = fresh_stats_cache(work / ".cache")  # the key statistics are part of an edit's cost
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-2000:])
             results["rows"][m] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
@@ -265,24 +290,26 @@ def write_outputs(name: str, results: dict, out: Path) -> None:
           f"Machine: {results['machine']['cpus']} CPUs, {results['machine']['torch_threads']} torch threads. "
           f"Base model before unlearning: " + ", ".join(f"{k} {_fmt(v)}" for k, v in results["base"].items()) + ".", "",
           "| method | " + " | ".join(cols) + " | wall s | peak RSS MB | trainable params | wall / lune | peak MB / lune | "
-          "wall x MB / lune | steps | s / step | MFU |",
-          "|---" * (len(cols) + 10) + "|"]
+          "wall x MB / lune | steps | s / step | MFU | of train s: key statistics |",
+          "|---" * (len(cols) + 11) + "|"]
     for m in exp["methods"]:
         r = results["rows"].get(m)
         if r is None:
             continue
         if "error" in r:
-            md.append(f"| {m} | failed: {r['error']} |" + " |" * (len(cols) + 9))
+            md.append(f"| {m} | failed: {r['error']} |" + " |" * (len(cols) + 10))
             continue
         ratio = lambda k: "–" if not ref else f"{r[k] / ref[k]:.2f}"  # noqa: E731
         wm = "–" if not ref else f"{r['wall_s'] * r['peak_rss_mb'] / (ref['wall_s'] * ref['peak_rss_mb']):.2f}"
         per_step = r["train_s"] / r["steps"] if r.get("steps") else None
         md.append(f"| {m} | " + " | ".join(_fmt(r.get(c), ".1f" if c == "mia" else ".3f" if c == "tofu_forget_quality" else ".2f")
                                          for c in cols) + f" | {r['wall_s']:.0f} | {r['peak_rss_mb']:,.0f} | {r['trainable_params']:,} | "
-                  f"{ratio('wall_s')} | {ratio('peak_rss_mb')} | {wm} | {r['steps']} | {_fmt(per_step)} | {_fmt(r.get('mfu'))} |")
+                  f"{ratio('wall_s')} | {ratio('peak_rss_mb')} | {wm} | {r['steps']} | {_fmt(per_step)} | {_fmt(r.get('mfu'))} | "
+                  f"{_fmt(r.get('stats_s'), '.0f')} |")
     md += ["", "Wall = the whole `lune unlearn` process (load, before/after probes, negatives, training or editing, writing); "
            "peak RSS = that process's. Steps: optimiser steps, or target-vector steps for ROME/MEMIT; s / step = train s / steps "
-           "(edits: including their key statistics when not cached). MIA: loss-attack AUC turned into 100 x |2 AUC - 1| "
+           "(edits: including their key statistics, computed afresh in the measured run unless the config sets "
+           "`reuse_key_statistics`). MIA: loss-attack AUC turned into 100 x |2 AUC - 1| "
            "(0 = forget texts indistinguishable from held-out ones)."]
     (out / f"paper_{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

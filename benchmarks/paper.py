@@ -112,7 +112,7 @@ def prepare_tofu(exp: dict, data: Path, model, tok) -> dict:
     n = exp["n_retain"]
     # the retain facts trained on are the ones evaluated (retain_perturbed's questions), as in TOFU
     retain_qa = bench.qa["retain"][:n]
-    retain_facts = [f for f in bench.probes["retain"][:n]]
+    retain_facts = bench.probes["retain"][:n]
     ft = FinetuneSettings(**exp.get("finetune", {}))
     target_dir, target_info = cached_finetune("smollm2-135m", bench.forget + retain_facts, ft, name="tofu-forget-retain")
     retain_dir, retain_info = cached_finetune("smollm2-135m", retain_facts, ft, name="tofu-retain-only")

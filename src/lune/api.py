@@ -200,9 +200,11 @@ def unlearn(
     is_adapter = hasattr(tuned, "peft_config")
     try:
         if method.kind == "loss":
-            result = train(tuned, method, forget_ex, retain_ex, cfg.train, tokenizer.pad_token_id, suppressed)
-            if cfg.train.gradient_checkpointing:
-                disable_gradient_checkpointing(tuned)
+            try:
+                result = train(tuned, method, forget_ex, retain_ex, cfg.train, tokenizer.pad_token_id, suppressed)
+            finally:  # the caller's model comes back without checkpointing, also on failure
+                if cfg.train.gradient_checkpointing:
+                    disable_gradient_checkpointing(tuned)
         after = measure(tuned, tokenizer, fmt, forget_facts, retain_facts, cfg, before=before, desc="after:")
     except BaseException:
         if not owns_model and is_adapter:  # hand the caller's model back as it came, also on failure

@@ -51,7 +51,7 @@ def response_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         (logits (B, L, V), targets (B, L)), L = the longest response in the batch.
     """
     labels = batch["labels"]
-    B, T = labels.shape
+    T = labels.shape[1]
     on = labels != IGNORE
     on[:, 0] = False  # nothing predicts the first token
     has = on.any(dim=1)

@@ -13,8 +13,9 @@ Parts, in bytes:
 * ``adapters``: LoRA A and B (peft keeps them in float32 whatever the base dtype).
 * ``gradients`` and ``optimizer``: one gradient and AdamW's two moments per trainable parameter, in
   the trainable parameter's dtype (torch.optim.AdamW keeps its states in the parameter's dtype).
-* ``activations``: the tensors autograd saves for the backward pass. Counted per token and layer in
-  elements of the compute dtype, for the Llama decoder layer of transformers 5 (SDPA attention), as
+* ``activations``: the tensors autograd saves for the backward pass. Counted per token and layer
+  (elements below; bytes in ``activation_bytes``: the compute dtype's, except float32 for the norms'
+  saves and LoRA's inputs), for the Llama decoder layer of transformers 5 (SDPA attention), as
   measured with ``torch.autograd.graph.saved_tensors_hooks`` (``benchmarks/memory_model.py``):
 
   - a layer the gradient only passes through (no trainable weight in it): ``3f + 2d + 2q + 2 d_kv + h``:
@@ -124,11 +125,16 @@ def _frozen_saves(shape: Shape, lowest: int | None, b: int, mlp_in=frozenset({"g
     computes in float32), and so does the attention's log-sum-exp."""
     d, f, q, kv, h = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim, shape.heads
     lowest = -1 if lowest is None else lowest
-    mlp = 3 * f if lowest <= 1 else (2 * f if "gate_proj" in mlp_in else 0) + (f if "up_proj" in mlp_in else 0) if lowest == 2 else 0
+    if lowest <= 1:
+        mlp = 3 * f
+    elif lowest == 2:
+        mlp = (2 * f if "gate_proj" in mlp_in else 0) + (f if "up_proj" in mlp_in else 0)
+    else:
+        mlp = 0
     return ((4 * (d + 1) if lowest < 0 else 0)  # input norm
             + ((2 * q + 2 * kv) * b + 4 * h if lowest <= 0 else 0)  # attention: query, output, keys, values, log-sum-exp
             + (4 * (d + 1) if lowest <= 1 else 0)  # post-attention norm
-            + min(mlp, 3 * f) * b)  # gate, up and SiLU outputs
+            + mlp * b)  # gate, up and SiLU outputs
 
 
 def activation_bytes(shape: Shape, regime: str, lora: LoraSettings | None = None, b: int = 4) -> int:

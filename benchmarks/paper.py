@@ -76,18 +76,31 @@ def prepare_rwku(exp: dict, data: Path, model, tok) -> dict:
     """RWKU, known-only: the level-1/2 probes of the chosen targets that the model answers are the forget set;
     the level-3 (adversarial) probes it answers measure APR; its answered neighbour probes measure GUR;
     forget_mia vs retain_mia texts give MIA."""
-    from lune.data import PromptFormat
+    from lune.data import PromptFormat, contains_answer
     from lune.eval.datasets import load_benchmark
     from lune.eval.metrics import score_probes
 
     bench = load_benchmark("rwku", source=data / "rwku", targets=exp["targets"])
     fmt = PromptFormat(tok, exp.get("format", "auto"))
+    # which probes the default model answers: scored once (about 11 minutes), then read from this index file
+    cache = HERE / "results" / f"rwku_known_{exp['targets']}_{exp.get('format', 'auto')}.json"
+    answered = json.loads(cache.read_text()) if cache.is_file() else {}
     known, counts = {}, {}
     for g in ("forget_l1", "forget_l2", "forget_l3", "neighbor_l1", "neighbor_l2"):
-        facts = bench.probes.get(g, [])
-        rows = score_probes(model, tok, fmt, facts, desc=f"known: {g}")
-        known[g] = [f for f, r in zip(facts, rows) if r["answered"]]
-        counts[g] = {"probes": len(facts), "known": len(known[g])}
+        probes = bench.probes.get(g, [])
+        # RWKU repeats some probes, and some state their answer ("Buffett founded ___ Partnership"): a model
+        # "answers" those by copying, and no method can make it stop, so they measure nothing
+        first = {}
+        for i, f in enumerate(probes):
+            if not contains_answer(f.prompt, f.answer):
+                first.setdefault((f.prompt, f.answer), i)
+        idx = sorted(first.values())
+        if g not in answered:
+            rows = score_probes(model, tok, fmt, [probes[i] for i in idx], desc=f"known: {g}")
+            answered[g] = [i for i, r in zip(idx, rows) if r["answered"]]
+            cache.write_text(json.dumps(answered))
+        known[g] = [probes[i] for i in answered[g]]
+        counts[g] = {"probes": len(probes), "distinct, answer not in the probe": len(idx), "known": len(known[g])}
     forget = [f.to_record() for f in known["forget_l1"] + known["forget_l2"]]
     retain = [f.to_record() for f in known["neighbor_l1"] + known["neighbor_l2"]]
     # one MIA text list per target set; capped so the attack stays cheap on a CPU

@@ -28,7 +28,7 @@ from .eval.metrics import METRICS, score_probes, summarize
 from .methods import get_method
 from .models import (
     attach_lora, cache_dir, check_lora_targets, contiguous_head, count_params, disable_gradient_checkpointing,
-    enable_gradient_checkpointing, load_adapter, load_model,
+    enable_gradient_checkpointing, load_adapter, load_model, protect_adapters, release_adapters,
 )
 from .negatives import build_negatives, clean_span, read_negatives, write_negatives
 from .report import write_report
@@ -164,6 +164,7 @@ def unlearn(
     check_ids = [fmt.prompt_ids(f.prompt, f.style) for f in check_facts]
 
     torch.manual_seed(cfg.train.seed)
+    protected: dict = {}
     if method.kind == "edit":
         # One new answer per fact: the user's replacement, else the first negative.
         new_targets = [f.replacement or by_fact[i][0] for i, f in enumerate(forget_facts)]
@@ -188,6 +189,8 @@ def unlearn(
                 method.ref_model = model
         else:
             tuned = attach_lora(model, cfg.lora)
+            if cfg.lora.protect > 0:
+                protected = protect_adapters(tuned, retain_ex, tokenizer.pad_token_id, cfg.lora.protect, cfg.run.eval_batch_size)
         trainable = count_params(tuned)[0]
         if cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(tuned)
@@ -205,6 +208,8 @@ def unlearn(
             finally:  # the caller's model comes back without checkpointing, also on failure
                 if cfg.train.gradient_checkpointing:
                     disable_gradient_checkpointing(tuned)
+                if is_adapter:  # a protected adapter becomes plain LoRA (its projection folded into A)
+                    release_adapters(tuned)
         after = measure(tuned, tokenizer, fmt, forget_facts, retain_facts, cfg, before=before, desc="after:")
     except BaseException:
         if not owns_model and is_adapter:  # hand the caller's model back as it came, also on failure
@@ -222,7 +227,7 @@ def unlearn(
         "after": after["metrics"],
         "unknown_facts": unknown,
         "training": {"epochs": result.epochs, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
-                     "history": result.history},
+                     **({"protected": protected} if protected else {}), "history": result.history},
         "facts": _fact_rows(forget_facts, before["forget_rows"], after["forget_rows"]),
         "retain": _fact_rows(retain_facts, before["retain_rows"], after["retain_rows"]),
         "cost": meter.block(

@@ -88,11 +88,13 @@ class LoraSettings(_Config):
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input during training.")
     target_modules: list[str] = _f(list(DEFAULT_TARGETS), "Module names that receive adapters (default: the FFN projections; the paper also adapts q,k,v,o).")
     layers: str | None = _f("lower", "Decoder layers with adapters: 'lower' (lower half, default), 'upper', 'all', a range '8-20' or a list '3,5,7'.")
+    protect: float = _f(0.0, "Share of the retain examples' input energy that the adapters may not read (0 = off): A is projected off the leading directions of every adapted layer's inputs on retain facts, anchors and neighbours, so the update leaves them nearly unchanged (AlphaEdit's null space, for LoRA).")
 
     def __post_init__(self) -> None:
         _check(self.r >= 1, f"r must be >= 1, got {self.r}")
         _check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
         _check(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        _check(0.0 <= self.protect < 1.0, f"protect must be in [0, 1), got {self.protect}")
         if isinstance(self.target_modules, str):
             self.target_modules = [t for t in self.target_modules.split(",") if t]
         _check(len(self.target_modules) > 0, "target_modules must name at least one module")

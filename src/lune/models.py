@@ -243,3 +243,88 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+class _ProjectOut(torch.nn.Module):
+    """Parametrization A -> A (I - Q Q^T): the adapter cannot read the directions spanned by Q's columns."""
+
+    def __init__(self, basis: torch.Tensor):
+        super().__init__()
+        self.register_buffer("basis", basis)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        q = self.basis.to(a.dtype)
+        return a - (a @ q) @ q.T
+
+
+def _lora_layers(model) -> dict[str, torch.nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and "default" in m.lora_A}
+
+
+@torch.no_grad()
+def protect_adapters(model, examples, pad_id: int, share: float, batch_size: int = 16) -> dict:
+    """Keep the LoRA adapters of ``model`` from reading what ``examples`` (the retain side) use.
+
+    For every adapted linear layer, the second moment of its inputs over every token of the
+    examples (original model: adapters disabled; each input scaled to unit length, since a few
+    tokens with massive activations would otherwise hold most of the energy in one direction) is
+    eigendecomposed; the leading directions that hold ``share`` of it are projected out of the
+    adapter's A (a parametrization, so A keeps training in the rest of the space). An update B A then leaves the examples' inputs
+    (nearly) unchanged, layer after layer: the null-space idea of AlphaEdit (Fang et al. 2025),
+    applied to LoRA. ``release_adapters`` makes the projection permanent before saving.
+    Returns the number of directions removed per layer (mean, min, max) and the input widths.
+    """
+    import torch.nn.utils.parametrize as P
+
+    from .data import collate
+
+    layers = _lora_layers(model)
+    if not layers or not examples:
+        return {}
+    grams: dict[str, torch.Tensor] = {}
+    mask_now: list[torch.Tensor] = []
+
+    def hook(name):
+        def f(_m, inp, _out):
+            x = inp[0].reshape(-1, inp[0].shape[-1])[mask_now[0]].double()
+            x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # every token counts once, whatever its norm
+            grams[name] = grams.get(name, 0) + x.T @ x
+        return f
+
+    handles = [m.base_layer.register_forward_hook(hook(n)) for n, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    try:
+        with model.disable_adapter():
+            for i in range(0, len(examples), batch_size):
+                b = collate(examples[i : i + batch_size], pad_id)
+                mask_now[:] = [b["attention_mask"].reshape(-1).bool().to(dev)]
+                model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    removed = []
+    for name, m in layers.items():
+        ev, vec = torch.linalg.eigh(grams[name])
+        ev, vec = ev.flip(0).clamp(min=0), vec.flip(1)
+        k = int((torch.cumsum(ev, 0) / ev.sum() < share).sum()) + 1
+        k = min(k, ev.numel() - 1)  # always leave the adapter something to read
+        lin = m.lora_A["default"]
+        P.register_parametrization(lin, "weight", _ProjectOut(vec[:, :k].to(lin.weight.dtype).contiguous()))
+        removed.append(k)
+    widths = sorted({m.lora_A["default"].in_features for m in layers.values()})
+    return {"directions_removed_mean": round(sum(removed) / len(removed), 1), "min": min(removed), "max": max(removed), "input_widths": widths}
+
+
+def release_adapters(model) -> None:
+    """Make the projection of ``protect_adapters`` part of A: the adapter is plain LoRA again (plain peft loads it)."""
+    import torch.nn.utils.parametrize as P
+
+    for m in _lora_layers(model).values():
+        lin = m.lora_A["default"]
+        if P.is_parametrized(lin, "weight"):
+            P.remove_parametrizations(lin, "weight", leave_parametrized=True)

@@ -12,7 +12,7 @@ from lune.config import NegativeSettings
 from lune.data import Fact, PromptFormat, contains_answer
 from lune.errors import LuneError
 from lune.negatives import (
-    CONTRADICTIONS, REFUSALS, Negative, answer_frame, build_negatives, clean_span, rank_alternatives, read_negatives, valid_negative,
+    CONTRADICTIONS, REFUSALS, Negative, build_negatives, clean_span, rank_alternatives, read_negatives, valid_negative,
     write_negatives,
 )
 
@@ -247,76 +247,3 @@ def test_alternatives_that_answer_kept_facts_are_avoided(monkeypatch, tiny_model
     fmt = PromptFormat(tok, "completion")
     negs = build_negatives(tiny_model, tok, fmt, [_fact()], cfg, avoid={"berlin"})
     assert [n.negative for n in negs] == ["Lyon.", "Rome."]
-
-
-# ---------------------------------------------------------------- questions: the model's own reply, answer swapped
-
-
-@pytest.mark.parametrize("reply,answer,frame", [
-    ("Justin Bieber was born on March 1, 1994. He is a singer.", "1", ("Justin Bieber was born on March ", ", 1994.")),
-    ("He is a singer. He was born in London", "london", ("He was born in ", ".")),
-    ("The Godfather!", "The Godfather", ("", "!")),
-    ("It is the Mongol Empire.\nMore text", "Mongol Empire", ("It is the ", ".")),
-    ("Born on March 11, 1994.", "1", None),  # not as a whole word
-    ("I do not know.", "Paris", None),
-])
-def test_answer_frame(reply, answer, frame):
-    assert answer_frame(reply, answer) == frame
-
-
-def _chat_tok(tok):
-    import copy
-
-    t = copy.deepcopy(tok)
-    t.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %} Answer :{% endif %}"
-    return t
-
-
-def test_question_negatives_swap_the_answer_in_the_models_own_reply(monkeypatch, tiny_model, tok):
-    calls = []
-
-    def fake(model, tok, ids, max_new_tokens=16, batch_size=32, do_sample=False, temperature=1.0, num_return_sequences=1, desc=None):
-        calls.append({"ids": ids, "do_sample": do_sample})
-        if not do_sample:  # the greedy reply
-            return ["Justin Bieber was born on March 1, 1994. He sings."]
-        return [" 5, 1994", " 23, 1994", " 1, 1994", " 5.", " in May"][:num_return_sequences]
-
-    monkeypatch.setattr(N, "generate", fake)
-    t = _chat_tok(tok)
-    fmt = PromptFormat(t, "auto")
-    fact = Fact(prompt="When was Justin Bieber born?", answer="1", style="question", source="forget.jsonl:1")
-    negs = build_negatives(tiny_model, t, fmt, [fact], NegativeSettings(per_fact=2, num_samples=5))
-    assert [n.negative for n in negs] == ["Justin Bieber was born on March 5, 1994.", "Justin Bieber was born on March 23, 1994."]
-    # the spans were sampled as a continuation of the reply up to the answer, without its trailing space
-    prefix = fmt.prompt_ids(fact.prompt, "question")
-    assert calls[1]["do_sample"] and calls[1]["ids"][0] == prefix + t("Justin Bieber was born on March", add_special_tokens=False)["input_ids"]
-    assert len(calls) == 2  # every fact had enough: no free-running sampling
-
-
-def test_question_whose_reply_lacks_the_answer_falls_back_to_free_samples(monkeypatch, tiny_model, tok):
-    def fake(model, tok, ids, max_new_tokens=16, batch_size=32, do_sample=False, temperature=1.0, num_return_sequences=1, desc=None):
-        if not do_sample:
-            return ["I am not sure about that."]
-        return ["He was born in Stratford."] * (len(ids) * num_return_sequences)
-
-    monkeypatch.setattr(N, "generate", fake)
-    t = _chat_tok(tok)
-    fact = Fact(prompt="Where was he born?", answer="London", style="question", source="forget.jsonl:1")
-    negs = build_negatives(tiny_model, t, PromptFormat(t, "auto"), [fact], NegativeSettings(per_fact=1, num_samples=2))
-    assert [(n.negative, n.kind) for n in negs] == [("He was born in Stratford.", "alternative")]
-
-
-def test_sentence_answers_are_not_swapped(monkeypatch, tiny_model, tok):
-    calls = []
-
-    def fake(model, tok, ids, max_new_tokens=16, batch_size=32, do_sample=False, temperature=1.0, num_return_sequences=1, desc=None):
-        calls.append(do_sample)
-        return ["She writes novels about the sea in Lisbon."] * (len(ids) * num_return_sequences)
-
-    monkeypatch.setattr(N, "generate", fake)
-    t = _chat_tok(tok)
-    answer = "She writes historical novels set in the Portuguese colonies."
-    fact = Fact(prompt="What does she write?", answer=answer, style="question", source="forget.jsonl:1")
-    negs = build_negatives(tiny_model, t, PromptFormat(t, "auto"), [fact], NegativeSettings(per_fact=1, num_samples=2))
-    assert calls == [True]  # no greedy reply to frame: straight to free sampling
-    assert [n.negative for n in negs] == ["She writes novels about the sea in Lisbon."]

@@ -1,9 +1,7 @@
 """Build, clean, filter and balance negative examples y- (LUNE paper §3.1).
 
 For each forget fact: *alternatives* (the user's ``replacement`` first, then plausible wrong
-answers sampled from the model itself for that very prompt; for a question whose short answer the
-model's own reply states, that reply's sentence with the answer swapped for spans sampled at its
-position), *contradictions* (answer-free
+answers sampled from the model itself for that very prompt), *contradictions* (answer-free
 denials) and, only when asked, *refusals*. No negative may contain the true answer; alternatives
 may not hedge. Every fact gets exactly ``per_fact`` negatives and never zero: if no usable
 alternative exists, contradictions fill in.
@@ -42,7 +40,6 @@ REFUSALS = {"completion": [" unknown to me."], "chat": ["I don't know."]}
 _CUT = re.compile(r"[\n.,;:!?()\[\]\"]|\s(?:and|but|which|who|where|because|or)\s")
 
 
-SPAN_WORDS = 6  # longest answer swapped inside the model's own reply
 _PARTICLES = {"da", "de", "di", "del", "der", "van", "von", "la", "le", "du", "bin", "al", "of"}
 
 
@@ -74,26 +71,6 @@ def clean_span(text: str, answer: str, chat: bool) -> str:
     # End the span as a sentence: a target that stops mid-air teaches the model nothing about what
     # follows it, and measured on the default model that left degenerate repetitions after the span.
     return f"{span}." if span else ""
-
-
-def answer_frame(response: str, answer: str) -> tuple[str, str] | None:
-    """The sentence of ``response`` that states ``answer``, split around it: (text before, text after).
-
-    For a question, the model's own answer sentence with the answer swapped out is a well-formed
-    wrong answer ("Justin Bieber was born on March 5, 1994."); a free-running sampled reply was
-    measured to be mostly off-topic on RWKU ("Congratulations to Justin Romemade!").
-    None when the response does not state the answer word for word.
-    """
-    m = re.search(rf"(?<!\w){re.escape(answer.strip())}(?!\w)", response, flags=re.IGNORECASE)
-    if m is None:
-        return None
-    before = re.split(r"(?<=[.!?])\s+|\n", response[: m.start()])[-1].lstrip()
-    after = response[m.end() :]
-    end = re.search(r"[.!?](?=\s|$)|\n", after)
-    after = after[: end.end()].rstrip() if end else after.rstrip()
-    if not after.endswith((".", "!", "?")):
-        after += "."
-    return before, after
 
 
 def _is_hedge(text: str) -> bool:
@@ -146,21 +123,18 @@ def build_negatives(
     ``avoid``: normalised answers of facts to keep; no sampled alternative may be one of them.
     """
     sampled: list[list[str]] = [[] for _ in facts]
-    framed: dict[int, list[str]] = {}  # questions: the model's own reply with the answer swapped out
     if "alternative" in cfg.kinds:
         torch.manual_seed(seed)
         ids = [fmt.prompt_ids(f.prompt, f.style) for f in facts]
-        framed = _framed_alternatives(model, tok, fmt, facts, ids, cfg, batch_size, avoid)
-        rest = [i for i in range(len(facts)) if len(framed.get(i, [])) < cfg.per_fact]
         # Chat answers are whole sentences, so they need room for more tokens than a completion span.
-        chat_any = any(fmt.is_chat(facts[i].style) for i in rest)
+        chat_any = any(fmt.is_chat(f.style) for f in facts)
         texts = generate(
-            model, tok, [ids[i] for i in rest], max_new_tokens=cfg.sample_tokens * (4 if chat_any else 1), batch_size=max(1, batch_size // 4),
+            model, tok, ids, max_new_tokens=cfg.sample_tokens * (4 if chat_any else 1), batch_size=max(1, batch_size // 4),
             do_sample=True, temperature=cfg.temperature, num_return_sequences=cfg.num_samples, desc="sampling alternatives",
-        ) if rest else []
-        for j, i in enumerate(rest):
-            chunk = texts[j * cfg.num_samples : (j + 1) * cfg.num_samples]
-            sampled[i] = [clean_span(t, facts[i].answer, fmt.is_chat(facts[i].style)) for t in chunk]
+        )
+        for i, f in enumerate(facts):
+            chunk = texts[i * cfg.num_samples : (i + 1) * cfg.num_samples]
+            sampled[i] = [clean_span(t, f.answer, fmt.is_chat(f.style)) for t in chunk]
 
     out: list[Negative] = []
     for i, f in enumerate(facts):
@@ -170,12 +144,12 @@ def build_negatives(
             if kind == "alternative":
                 if f.replacement and valid_negative(f.replacement, f.answer, kind):
                     pool.append((f.replacement, kind))
-                pool += [(s, kind) for s in framed.get(i, []) if normalize(s) != normalize(f.replacement or "")]
                 pool += [(s, kind) for s in rank_alternatives(sampled[i], f.answer, avoid) if normalize(s) != normalize(f.replacement or "")]
             elif kind == "contradiction":
-                pool += [(c, kind) for c in CONTRADICTIONS[style] if valid_negative(c, f.answer, kind)]
+                pool += [(c, kind) for c in CONTRADICTIONS[style]]
             else:
-                pool += [(r, kind) for r in REFUSALS[style] if valid_negative(r, f.answer, kind)]
+                pool += [(r, kind) for r in REFUSALS[style]]
+        pool = [(t, k) for t, k in pool if valid_negative(t, f.answer, k)]
         if not pool:  # never leave a fact without negatives
             pool = [(c, "contradiction") for c in CONTRADICTIONS[style] if valid_negative(c, f.answer, "contradiction")]
         if not pool:
@@ -184,35 +158,6 @@ def build_negatives(
         for j in range(cfg.per_fact):
             text, kind = pool[j % len(pool)]
             out.append(Negative(fact=i, prompt=f.prompt, answer=f.answer, negative=text.strip(), kind=kind))
-    return out
-
-
-def _framed_alternatives(model, tok, fmt: PromptFormat, facts: list[Fact], ids: list[list[int]], cfg: NegativeSettings,
-                         batch_size: int, avoid: set[str]) -> dict[int, list[str]]:
-    """For question facts whose greedy reply states the answer: that reply's sentence with the answer replaced by
-    spans sampled at the answer's position (a completion of the reply up to it), most frequent first."""
-    # Answers that are spans, not sentences: a sentence answer (TOFU) has no span to swap.
-    chat = [i for i, f in enumerate(facts) if fmt.is_chat(f.style) and len(f.answer.split()) <= SPAN_WORDS]
-    if not chat:
-        return {}
-    replies = generate(model, tok, [ids[i] for i in chat], max_new_tokens=cfg.sample_tokens * 4, batch_size=batch_size)
-    frames = {i: fr for i, r in zip(chat, replies) if (fr := answer_frame(r, facts[i].answer)) is not None}
-    if not frames:
-        return {}
-    order = list(frames)
-    # The reply up to the answer, without its trailing space: the sampled span brings its own, as in training.
-    prefixes = [ids[i] + tok(frames[i][0].rstrip(), add_special_tokens=False)["input_ids"] if frames[i][0].strip() else ids[i] for i in order]
-    texts = generate(model, tok, prefixes, max_new_tokens=cfg.sample_tokens, batch_size=max(1, batch_size // 4), do_sample=True,
-                     temperature=cfg.temperature, num_return_sequences=cfg.num_samples, desc="sampling alternatives in replies")
-    out: dict[int, list[str]] = {}
-    for j, i in enumerate(order):
-        before, after = frames[i]
-        spans = [clean_span(t, facts[i].answer, chat=False).rstrip(".") for t in texts[j * cfg.num_samples : (j + 1) * cfg.num_samples]]
-        sep = " " if before.strip() and before != before.rstrip() else ""
-        # The swapped-in span passed the strict leak check (rank_alternatives); the rest of the sentence is the
-        # model's own reply and may contain the answer's characters ("1" in "1994"), not the answer as a word.
-        whole = [f"{before.rstrip()}{sep}{a}{after}".strip() for a in rank_alternatives(spans, facts[i].answer, avoid)]
-        out[i] = [w for w in whole if not contains_answer(w, facts[i].answer) and not _is_hedge(w)]
     return out
 
 

@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-retain", type=int, default=100, help="ROME known_1000 facts measured for GUR.")
     ap.add_argument("--out", default=str(HERE / "results"), help="Folder for heldout.json / heldout.md.")
     ap.add_argument("--dtype", default="auto", help="Compute dtype of the run (default: lune's auto).")
+    ap.add_argument("--protect", type=float, default=None, help="Override --protect (protected adapters; default: lune's).")
     ap.add_argument("--name", default="heldout", help="Result file stem (default: heldout -> heldout.json, heldout.md).")
     args = ap.parse_args(argv)
     cf = Path(args.data) / "counterfact"
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
 
     cfg = UnlearnConfig()
     cfg.train.dtype = args.dtype
+    if args.protect is not None:
+        cfg.lora.protect = args.protect
     # Default settings; the only changes make the held-out sets invisible to the tool:
     cfg.train.paraphrases = False  # rephrased prompts are measured, never trained on
     cfg.train.fit_retain = False  # retain facts are measured, never trained on
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     a, c = report["after"], report["cost"]
     md = [
-        f"# Held-out check (CounterFact known facts, default settings, dtype {args.dtype})", "",
+        f"# Held-out check (CounterFact known facts, default settings, dtype {args.dtype}, protect {cfg.lora.protect})", "",
         f"`{result['command'].strip()}`", "",
         f"{len(forget)} forget facts (prompt/answer only), APR on their {a['n_forget_paraphrases']} unseen rephrased prompts, "
         f"GUR on {len(retain)} unseen retain probes.", "",

@@ -27,6 +27,12 @@ declare -A V=(
   [swaps24_anchors32_rbs32]="--swaps 24 --anchors 32 --retain-batch-size 32"
   [no_paraphrases]="--paraphrases false"
   [swaps8_lr5e-4]="--swaps 8 --lr 5e-4"
+  # seventh round: protected adapters (`lune demo --protect S [--seed N]` is the same run)
+  [protect0.7]="--protect 0.7"
+  [protect0.7_seed1]="--protect 0.7 --seed 1"
+  [protect0.8]="--protect 0.8"
+  [protect0.8_seed1]="--protect 0.8 --seed 1"
+  [protect0.9]="--protect 0.9"
 )
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=("${!V[@]}")
 mkdir -p "$OUT"

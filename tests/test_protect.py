@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.utils.parametrize as P
+from safetensors.torch import load_file
 
 import lune
 from conftest import FORGET_RECORDS, RETAIN_RECORDS
@@ -80,8 +81,6 @@ def test_unlearn_with_protection_still_forgets_and_saves_plain_lora(memorised_mo
                           model=memorised_model, tokenizer=tok)
     assert report["after"]["usr"] == 1.0
     assert report["training"]["protected"]["directions_removed_mean"] >= 1
-    from safetensors.torch import load_file
-
     names = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors").keys()
     assert names and not any("parametrizations" in n for n in names)
 

@@ -271,9 +271,9 @@ def protect_adapters(model, examples, pad_id: int, share: float, batch_size: int
     examples (original model: adapters disabled; each input scaled to unit length, since a few
     tokens with massive activations would otherwise hold most of the energy in one direction) is
     eigendecomposed; the leading directions that hold ``share`` of it are projected out of the
-    adapter's A (a parametrization, so A keeps training in the rest of the space). An update B A then leaves the examples' inputs
-    (nearly) unchanged, layer after layer: the null-space idea of AlphaEdit (Fang et al. 2025),
-    applied to LoRA. ``release_adapters`` makes the projection permanent before saving.
+    adapter's A (a parametrization, so A keeps training in the rest of the space). An update B A
+    then leaves the examples' inputs (nearly) unchanged, layer after layer: the null-space idea of
+    AlphaEdit (Fang et al. 2025), applied to LoRA. ``release_adapters`` makes the projection permanent before saving.
     Returns the number of directions removed per layer (mean, min, max) and the input widths.
     """
     import torch.nn.utils.parametrize as P
@@ -284,11 +284,11 @@ def protect_adapters(model, examples, pad_id: int, share: float, batch_size: int
     if not layers or not examples:
         return {}
     grams: dict[str, torch.Tensor] = {}
-    mask_now: list[torch.Tensor] = []
+    real = torch.empty(0, dtype=torch.bool)  # the current batch's non-padding tokens
 
     def hook(name):
         def f(_m, inp, _out):
-            x = inp[0].reshape(-1, inp[0].shape[-1])[mask_now[0]].double()
+            x = inp[0].reshape(-1, inp[0].shape[-1])[real].double()
             x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # every token counts once, whatever its norm
             grams[name] = grams.get(name, 0) + x.T @ x
         return f
@@ -301,7 +301,7 @@ def protect_adapters(model, examples, pad_id: int, share: float, batch_size: int
         with model.disable_adapter():
             for i in range(0, len(examples), batch_size):
                 b = collate(examples[i : i + batch_size], pad_id)
-                mask_now[:] = [b["attention_mask"].reshape(-1).bool().to(dev)]
+                real = b["attention_mask"].reshape(-1).bool().to(dev)
                 model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev))
     finally:
         for h in handles:

@@ -86,6 +86,13 @@ def test_rank_alternatives_frequency_shape_and_dedup():
     assert rank_alternatives(["berlin.", "lyon.", "berlin."], "Paris") == ["berlin.", "lyon."]
 
 
+def test_rank_alternatives_drops_function_word_spans():
+    # "The." was sampled twice for the capital of France and became the answer to other capitals
+    assert rank_alternatives(["The.", "The.", "It is.", "London.", "The Hague."], "Paris") == ["London.", "The Hague."]
+    # unless the answer is itself made of function words
+    assert rank_alternatives(["two.", "one.", "one."], "three") == ["one.", "two."]
+
+
 def _fake_generate(texts_per_prompt):
     calls = []
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from .config import NEGATIVE_KINDS, NegativeSettings
 from .data import Fact, PromptFormat, contains_answer, normalize, read_jsonl
@@ -94,8 +95,18 @@ def valid_negative(candidate: str, answer: str, kind: str) -> bool:
     return not (kind == "alternative" and _is_hedge(candidate))
 
 
+def _content_free(text: str) -> bool:
+    """Only function words ("The.", "It is."): no alternative answer in it."""
+    words = normalize(text).split()
+    return all(w in ENGLISH_STOP_WORDS for w in words)
+
+
 def rank_alternatives(samples: list[str], answer: str, avoid: set[str] = frozenset()) -> list[str]:
     """Distinct valid alternatives from cleaned samples, most frequent first.
+
+    Spans made only of function words are dropped (unless the answer is one): "The." sampled for
+    "The capital of France is" and trained as its answer was measured to make "The capital of
+    Italy is" answer "the capital of the United States".
 
     Only spans shaped like the answer are kept when there is at least one: a vague span ("the one
     with.") taught as the answer to one capital was measured to become the answer to every capital.
@@ -103,7 +114,9 @@ def rank_alternatives(samples: list[str], answer: str, avoid: set[str] = frozens
     answer to a kept fact was measured to take that fact over ("Venus" for Jupiter made "the planet
     closest to the sun" answer Venus).
     """
-    counts = Counter(s for s in samples if valid_negative(s, answer, "alternative") and normalize(s) not in avoid)
+    keep_function_words = _content_free(answer)
+    counts = Counter(s for s in samples if valid_negative(s, answer, "alternative") and normalize(s) not in avoid
+                     and (keep_function_words or not _content_free(s)))
     seen, ranked = set(), []
     for s, _ in counts.most_common():
         key = normalize(s)

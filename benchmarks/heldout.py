@@ -6,7 +6,7 @@ prompts are measured (APR) but never trained on. Retain set: facts from ROME's k
 forget facts' CounterFact locality prompts, measured (GUR) but never shown to the tool.
 
     python benchmarks/heldout.py                  # writes benchmarks/results/heldout.{json,md}
-    python benchmarks/heldout.py --n-forget 20 --data ../shared/data
+    python benchmarks/heldout.py --n-forget 12 --data ../shared/data --set train.contexts=0 --name heldout12
 
 Reads the data from ``--data`` (default ``../shared/data``); exits cleanly when it is absent.
 """
@@ -61,11 +61,14 @@ def known_counterfact(model, tok, records: list[dict], need: int, cache: Path, c
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"), help="Folder with counterfact/.")
-    ap.add_argument("--n-forget", type=int, default=20, help="Forget facts to take (first known ones in file order).")
+    ap.add_argument("--n-forget", type=int, default=30, help="Forget facts to take (first known ones in file order).")
     ap.add_argument("--n-retain", type=int, default=100, help="ROME known_1000 facts measured for GUR.")
     ap.add_argument("--out", default=str(HERE / "results"), help="Folder for heldout.json / heldout.md.")
     ap.add_argument("--dtype", default="auto", help="Compute dtype of the run (default: lune's auto).")
     ap.add_argument("--protect", type=float, default=None, help="Override --protect (protected adapters; default: lune's).")
+    ap.add_argument("--patience", type=int, default=None, help="Override the plateau patience (0 = stop only when every prompt is suppressed).")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="Override any other setting, e.g. --set train.contexts=2 (repeatable).")
     ap.add_argument("--name", default="heldout", help="Result file stem (default: heldout -> heldout.json, heldout.md).")
     args = ap.parse_args(argv)
     cf = Path(args.data) / "counterfact"
@@ -90,6 +93,22 @@ def main(argv=None) -> int:
     cfg.train.dtype = args.dtype
     if args.protect is not None:
         cfg.lora.protect = args.protect
+    if args.patience is not None:
+        cfg.train.patience = args.patience
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        section, _, field = key.partition(".")
+        obj = getattr(cfg, section, None)
+        if obj is None or not hasattr(obj, field) or not value:
+            ap.error(f"--set {kv}: expected SECTION.FIELD=VALUE with a setting of {sorted(cfg.to_dict())}")
+        old = getattr(obj, field)
+        if isinstance(old, bool):
+            value = value.lower() in ("1", "true", "yes")
+        elif isinstance(old, list):
+            value = value.split(",")
+        elif old is not None:
+            value = type(old)(value)
+        setattr(obj, field, value)
     # Default settings; the only changes make the held-out sets invisible to the tool:
     cfg.train.paraphrases = False  # rephrased prompts are measured, never trained on
     cfg.train.fit_retain = False  # retain facts are measured, never trained on
@@ -108,6 +127,7 @@ def main(argv=None) -> int:
         "after": report["after"],
         "cost": report["cost"],
         "total_s": round(time.perf_counter() - t0, 1),
+        "training": report["training"],
         "facts": report["facts"],
     }
     out = Path(args.out)

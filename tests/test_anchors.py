@@ -55,7 +55,7 @@ def test_self_targets_keep_the_models_completion_and_drop_forget_answers(monkeyp
     fmt = PromptFormat(tok, "completion")
     prompts = [(p, "prompt") for p in outs]
     ex, kept = self_targets(tiny_model, tok, fmt, prompts, [Fact(prompt="The capital of France is", answer="Paris")])
-    assert len(ex) == 1 and kept == [" Berlin ."]  # Italy's completion states the forget answer; Spain's is empty
+    assert len(ex) == 1 and kept == [("The capital of Germany is", " Berlin .")]  # Italy's completion states the forget answer; Spain's is empty
     assert tok.decode([t for t in ex[0].labels if t != IGNORE]) == "Berlin ."
 
 

@@ -128,6 +128,9 @@ def test_prompt_format_completion(tok):
     assert tok.convert_ids_to_tokens(fmt.response_ids("  Paris .", "prompt")) == ["Paris", "."]
     # completion responses never get an end token
     assert EOS not in fmt.response_ids("Paris", "prompt", end=True)
+    # ... unless asked to stop there (negatives with --stop)
+    assert fmt.response_ids("Lyon .", "prompt", stop=True) == fmt.response_ids("Lyon .", "prompt") + [EOS]
+    assert make_example(fmt, "The capital of France is", "Lyon .", "prompt", stop=True).labels[-1] == EOS
     q = fmt.prompt_ids("What is the capital of France?", "question")
     assert tok.convert_ids_to_tokens(q)[:2] == ["Question", ":"] and tok.convert_ids_to_tokens(q)[-2:] == ["Answer", ":"]
 

@@ -9,6 +9,7 @@ import torch
 
 import lune
 import lune.api as api
+from lune.anchors import context_sentences
 from conftest import FORGET_RECORDS, RETAIN_RECORDS, base_state, write_jsonl
 from lune.config import PAPER_TARGETS, LoraSettings, NegativeSettings, RunSettings, TrainSettings, UnlearnConfig
 from lune.data import contains_answer, fact_from_record
@@ -268,3 +269,44 @@ def test_gradient_checkpointing_gives_the_same_run(memorised_model, tok):
     plain, ckpt = runs
     assert ckpt["cost"]["steps"] == plain["cost"]["steps"] and ckpt["after"]["usr"] == plain["after"]["usr"]
     assert ckpt["after"]["forget_prob"] == pytest.approx(plain["after"]["forget_prob"], rel=1e-3)
+
+
+def test_contexts_put_an_unrelated_sentence_before_some_targets(memorised_model, tok, monkeypatch):
+    from lune.train import TrainResult
+
+    seen = {}
+
+    def fake_train(model, method, forget, retain, cfg, pad_id, suppressed=None):
+        seen["forget"] = forget
+        return TrainResult(steps=1, epochs=1)
+
+    monkeypatch.setattr(api, "train", fake_train)
+    import lune.anchors as A  # the tiny model's own completions of the anchors are noise: give it a sentence
+    monkeypatch.setattr(A, "generate", lambda model, tok, ids, **kw: [" the Sahara, which"] * len(ids))
+    cfg = small_config()
+    cfg.train.paraphrases, cfg.train.anchors, cfg.train.contexts = False, 8, 2
+    cfg.negatives.per_fact = 3
+    lune.unlearn(facts(FORGET_RECORDS), config=cfg, model=memorised_model, tokenizer=tok)
+    prompts = [tok.decode([t for t, l in zip(e.input_ids, e.labels) if l == -100]).strip() for e in seen["forget"]]
+    for fact, plain in [(0, "The capital of France is"), (1, "The capital of Spain is")]:
+        mine = [p for p, e in zip(prompts, seen["forget"]) if e.fact == fact]
+        assert mine[0] == plain  # of 3 targets, the first stays plain and the last 2 follow a context
+        # "<anchor prompt> the Sahara. <prompt>" (the tiny tokenizer spells unknown words <unk>)
+        assert all(p.endswith(" . " + plain) and p.startswith("The ") and p != plain for p in mine[1:]), mine
+    # a method with one target per prompt (gradient ascent) keeps it plain
+    cfg.run.method = "ga"
+    lune.unlearn(facts(FORGET_RECORDS), config=cfg, model=memorised_model, tokenizer=tok)
+    prompts = [tok.decode([t for t, l in zip(e.input_ids, e.labels) if l == -100]).strip() for e in seen["forget"]]
+    assert prompts == ["The capital of France is", "The capital of Spain is"]
+    # --stop: negatives end with end-of-text; gradient ascent's true answers do not
+    cfg.negatives.stop = True
+    lune.unlearn(facts(FORGET_RECORDS), config=cfg, model=memorised_model, tokenizer=tok)
+    assert all(e.labels[-1] != tok.eos_token_id for e in seen["forget"])
+    cfg.run.method = "lune"
+    lune.unlearn(facts(FORGET_RECORDS), config=cfg, model=memorised_model, tokenizer=tok)
+    assert all(e.labels[-1] == tok.eos_token_id for e in seen["forget"])
+
+
+def test_context_sentences_cut_the_completion_to_a_clause():
+    pairs = [("The largest desert is", " the Sahara, which covers"), ("Water boils at", "\n"), ("The largest desert is", " the Sahara, which")]
+    assert context_sentences(pairs) == ["The largest desert is the Sahara."]

@@ -157,11 +157,26 @@ def self_targets(
 ) -> tuple[list[Example], list[str]]:
     """Retain examples whose targets are the model's own greedy completions of (prompt, style) pairs.
 
-    Returns the examples and the kept completions (in the same order).
+    Returns the examples and the kept (prompt, completion) pairs (in the same order).
     """
     if not prompts:
         return [], []
     ids = [fmt.prompt_ids(p, style) for p, style in prompts]
     outs = generate(model, tok, ids, max_new_tokens=TOKENS, batch_size=batch_size, desc="retain targets")
     keep = [(p, st, o) for (p, st), o in zip(prompts, outs) if o.strip() and not any(contains_answer(o, f.answer) for f in forget)]
-    return [make_example(fmt, p, o, st, end=False) for p, st, o in keep], [o for _, _, o in keep]
+    return [make_example(fmt, p, o, st, end=False) for p, st, o in keep], [(p, o) for p, _, o in keep]
+
+
+def context_sentences(pairs: list[tuple[str, str]]) -> list[str]:
+    """Unrelated sentences to put before a forget prompt: a kept (prompt, completion) pair cut to its first clause.
+
+    ("The largest desert in the world is", " the Sahara Desert, which covers") -> "The largest
+    desert in the world is the Sahara Desert." The text is the original model's own, so it carries
+    no claim the tool makes, and anchors whose completion states a forget answer are already gone.
+    """
+    out = []
+    for prompt, completion in pairs:
+        clause = re.split(r"[\n.,;:!?]", completion.strip(), maxsplit=1)[0].strip()
+        if clause:
+            out.append(f"{prompt} {clause}.")
+    return list(dict.fromkeys(out))

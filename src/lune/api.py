@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .anchors import anchor_prompts, neighbour_prompts, self_targets, swapped_prompts
+from .anchors import anchor_prompts, context_sentences, neighbour_prompts, self_targets, swapped_prompts
 from .config import UnlearnConfig
 from .cost import CostMeter, matmul_peak, throughput, train_flops
 from .data import Fact, PromptFormat, contains_answer, make_example, normalize, read_facts
@@ -143,14 +144,19 @@ def unlearn(
     # Retain targets first: their answers are what no negative may be.
     fitted = retain_facts if cfg.train.fit_retain and method.uses_retain else []
     retain_ex = [make_example(fmt, p, f.answer, f.style, fact=i) for i, f in enumerate(fitted) for p in [f.prompt] + f.paraphrases]
-    own_completions: list[str] = []
-    if method.uses_retain:
-        own = [(p, "prompt") for p in anchor_prompts(cfg.train.anchors)] + neighbour_prompts(forget_facts, cfg.train.neighbours, cfg.train.seed)
-        own += swapped_prompts(model, tokenizer, forget_facts, cfg.train.swaps, batch_size=cfg.run.eval_batch_size)
-        own_ex, own_completions = self_targets(model, tokenizer, fmt, list(dict.fromkeys(own)), forget_facts, cfg.run.eval_batch_size)
-        retain_ex += own_ex
+    own_pairs: list[tuple[str, str]] = []  # (prompt, the original model's completion) of anchors, neighbours, swaps
+    anchors = anchor_prompts(cfg.train.anchors)
+    if method.uses_retain or cfg.train.contexts:
+        own = [(p, "prompt") for p in anchors]
+        if method.uses_retain:
+            own += neighbour_prompts(forget_facts, cfg.train.neighbours, cfg.train.seed)
+            own += swapped_prompts(model, tokenizer, forget_facts, cfg.train.swaps, batch_size=cfg.run.eval_batch_size)
+        own_ex, own_pairs = self_targets(model, tokenizer, fmt, list(dict.fromkeys(own)), forget_facts, cfg.run.eval_batch_size)
+        if method.uses_retain:
+            retain_ex += own_ex
+    contexts = context_sentences([(p, c) for p, c in own_pairs if p in set(anchors)])
     # "X": read each completion's leading span as a name (a capitalised run), like a sampled alternative.
-    avoid = {normalize(f.answer) for f in fitted} | {normalize(clean_span(c, "X", False)) for c in own_completions}
+    avoid = {normalize(f.answer) for f in fitted} | {normalize(clean_span(c, "X", False)) for _, c in own_pairs if method.uses_retain}
     negs = []
     if negatives:
         negs = read_negatives(negatives, forget_facts)
@@ -175,8 +181,14 @@ def unlearn(
         trainable = info["trainable_params"]
     else:
         answers = method.targets == "answers"
-        forget_ex = [make_example(fmt, p, y, forget_facts[i].style, fact=i)
-                     for i, p in train_prompts for y in ([forget_facts[i].answer] if answers else by_fact.get(i, []))]
+        forget_ex = []
+        ctx_rng = random.Random(cfg.train.seed)
+        for i, p in train_prompts:
+            ys = [forget_facts[i].answer] if answers else by_fact.get(i, [])
+            k = min(cfg.train.contexts, len(ys) - 1) if contexts else 0  # the last k targets, never all: the plain prompt stays
+            forget_ex += [make_example(fmt, p if j < len(ys) - k else f"{ctx_rng.choice(contexts)} {p}", y, forget_facts[i].style, fact=i,
+                                       stop=cfg.negatives.stop and not answers)
+                          for j, y in enumerate(ys)]
         if method.reference_logp:  # the original model's log p(y|x), once: no reference model during training
             for e, lp in zip(forget_ex, response_token_logprobs(model, forget_ex, tokenizer.pad_token_id, cfg.run.eval_batch_size)):
                 e.ref_logp = float(lp.sum())

@@ -122,6 +122,7 @@ class TrainSettings(_Config):
     fit_retain: bool = _f(True, "Train on the retain file's facts; false only measures them (a held-out GUR).")
     anchors: int = _f(128, "Built-in general prompts whose original completions are kept (self-distilled retain NLL); 0 disables.")
     neighbours: int = _f(8, "Subject-swapped copies of each forget prompt whose original completions are kept (specificity); 0 disables.")
+    contexts: int = _f(2, "Of each trained forget prompt's targets, this many (never all) are trained behind an unrelated sentence (an anchor prompt and the original model's completion of it), so the forgetting holds after other text.")
     swaps: int = _f(0, "Copies of each forget prompt with one word swapped for one the original model expects there, whose original completions are kept (specificity); 0 disables.")
     retain_weight: float = _f(1.0, "Weight of the NLL on retain facts, anchors and neighbours.")
     kl_weight: float = _f(0.0, "Weight of the KL to the original model on retain prompts (adapter disabled as reference).")
@@ -136,6 +137,7 @@ class TrainSettings(_Config):
         _check(self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}")
         _check(0 <= self.min_epochs, f"min_epochs must be >= 0, got {self.min_epochs}")
         _check(self.patience >= 0, f"patience must be >= 0, got {self.patience}")
+        _check(self.contexts >= 0, f"contexts must be >= 0, got {self.contexts}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.retain_batch_size >= 1, f"retain_batch_size must be >= 1, got {self.retain_batch_size}")
         _check(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
@@ -155,6 +157,7 @@ class NegativeSettings(_Config):
     num_samples: int = _f(24, "Completions sampled from the model per fact to find alternative answers.")
     temperature: float = _f(1.0, "Sampling temperature for alternatives.")
     sample_tokens: int = _f(8, "Tokens per sampled completion before it is cut to a short span.")
+    stop: bool = _f(False, "End every completion-style negative with the end-of-text token: the model learns to stop after the wrong answer instead of going on to restate the fact (chat negatives always end their turn).")
 
     def __post_init__(self) -> None:
         if isinstance(self.kinds, str):

@@ -154,12 +154,15 @@ class PromptFormat:
         # A chat template already contains its special tokens.
         return self.tok(rendered, add_special_tokens=not self.is_chat(style))["input_ids"]
 
-    def response_ids(self, response: str, style: str, end: bool = True) -> list[int]:
-        """Token ids of a response; completion responses get a leading space, chat ones an end-of-turn (if ``end``)."""
+    def response_ids(self, response: str, style: str, end: bool = True, stop: bool = False) -> list[int]:
+        """Token ids of a response; completion responses get a leading space, chat ones an end-of-turn (if ``end``).
+
+        ``stop``: a completion response also ends with the end-of-text token (the text stops there).
+        """
+        eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
         if self.is_chat(style):
-            ids = self.tok(response.strip(), add_special_tokens=False)["input_ids"]
-            return ids + ([self.tok.eos_token_id] if end and self.tok.eos_token_id is not None else [])
-        return self.tok(" " + response.strip(), add_special_tokens=False)["input_ids"]
+            return self.tok(response.strip(), add_special_tokens=False)["input_ids"] + (eos if end else [])
+        return self.tok(" " + response.strip(), add_special_tokens=False)["input_ids"] + (eos if stop else [])
 
 
 @dataclass
@@ -173,11 +176,13 @@ class Example:
 
 
 def make_example(
-    fmt: PromptFormat, prompt: str, response: str, style: str, fact: int = -1, max_length: int = 512, end: bool = True
+    fmt: PromptFormat, prompt: str, response: str, style: str, fact: int = -1, max_length: int = 512, end: bool = True,
+    stop: bool = False,
 ) -> Example:
-    """Tokenise one (prompt, response) pair with the loss mask on the response; ``end`` appends end-of-turn in chat."""
+    """Tokenise one (prompt, response) pair with the loss mask on the response; ``end`` appends end-of-turn in chat,
+    ``stop`` end-of-text after a completion."""
     p = fmt.prompt_ids(prompt, style)
-    r = fmt.response_ids(response, style, end=end)
+    r = fmt.response_ids(response, style, end=end, stop=stop)
     if not r:
         raise LuneError(f"empty response for prompt {prompt!r}")
     p = p[-max(1, max_length - len(r)) :]  # keep the end of an over-long prompt

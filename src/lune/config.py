@@ -122,7 +122,7 @@ class TrainSettings(_Config):
     fit_retain: bool = _f(True, "Train on the retain file's facts; false only measures them (a held-out GUR).")
     anchors: int = _f(128, "Built-in general prompts whose original completions are kept (self-distilled retain NLL); 0 disables.")
     neighbours: int = _f(8, "Subject-swapped copies of each forget prompt whose original completions are kept (specificity); 0 disables.")
-    contexts: int = _f(2, "Of each trained forget prompt's targets, this many (never all) are trained behind an unrelated sentence (an anchor prompt and the original model's completion of it), so the forgetting holds after other text.")
+    contexts: int = _f(0, "Of each trained forget prompt's targets, this many (never all) are trained behind an unrelated sentence (an anchor prompt and the original model's completion of it), so the forgetting holds after other text.")
     swaps: int = _f(0, "Copies of each forget prompt with one word swapped for one the original model expects there, whose original completions are kept (specificity); 0 disables.")
     retain_weight: float = _f(1.0, "Weight of the NLL on retain facts, anchors and neighbours.")
     kl_weight: float = _f(0.0, "Weight of the KL to the original model on retain prompts (adapter disabled as reference).")

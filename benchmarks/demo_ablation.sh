@@ -36,7 +36,7 @@ declare -A V=(
   # eighth round (`lune demo ...` is the same run; the held-out rows: benchmarks/heldout.py --set ...)
   [seed1]="--seed 1"
   [protect0.8_seed1_all]="--protect 0.8 --seed 1 --target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --layers all"
-  [contexts0]="--contexts 0"
+  [contexts2]="--contexts 2"
   [contexts2_stop]="--contexts 2 --stop true"
 )
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=("${!V[@]}")

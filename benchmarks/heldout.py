@@ -65,10 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-retain", type=int, default=100, help="ROME known_1000 facts measured for GUR.")
     ap.add_argument("--out", default=str(HERE / "results"), help="Folder for heldout.json / heldout.md.")
     ap.add_argument("--dtype", default="auto", help="Compute dtype of the run (default: lune's auto).")
-    ap.add_argument("--protect", type=float, default=None, help="Override --protect (protected adapters; default: lune's).")
-    ap.add_argument("--patience", type=int, default=None, help="Override the plateau patience (0 = stop only when every prompt is suppressed).")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="Override any other setting, e.g. --set train.contexts=2 (repeatable).")
+                    help="Override a setting, e.g. --set train.contexts=2 or --set lora.protect=0.8 (repeatable).")
     ap.add_argument("--name", default="heldout", help="Result file stem (default: heldout -> heldout.json, heldout.md).")
     args = ap.parse_args(argv)
     cf = Path(args.data) / "counterfact"
@@ -91,10 +89,6 @@ def main(argv=None) -> int:
 
     cfg = UnlearnConfig()
     cfg.train.dtype = args.dtype
-    if args.protect is not None:
-        cfg.lora.protect = args.protect
-    if args.patience is not None:
-        cfg.train.patience = args.patience
     for kv in args.set:
         key, _, value = kv.partition("=")
         section, _, field = key.partition(".")
@@ -135,7 +129,7 @@ def main(argv=None) -> int:
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     a, c = report["after"], report["cost"]
     md = [
-        f"# Held-out check (CounterFact known facts, default settings, dtype {args.dtype}, protect {cfg.lora.protect})", "",
+        f"# Held-out check (CounterFact known facts, dtype {args.dtype}, {', '.join(args.set) or 'default settings'})", "",
         f"`{result['command'].strip()}`", "",
         f"{len(forget)} forget facts (prompt/answer only), APR on their {a['n_forget_paraphrases']} unseen rephrased prompts, "
         f"GUR on {len(retain)} unseen retain probes.", "",

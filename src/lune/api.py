@@ -154,7 +154,8 @@ def unlearn(
         own_ex, own_pairs = self_targets(model, tokenizer, fmt, list(dict.fromkeys(own)), forget_facts, cfg.run.eval_batch_size)
         if method.uses_retain:
             retain_ex += own_ex
-    contexts = context_sentences([(p, c) for p, c in own_pairs if p in set(anchors)])
+    anchor_set = set(anchors)
+    contexts = context_sentences([(p, c) for p, c in own_pairs if p in anchor_set]) if cfg.train.contexts else []
     # "X": read each completion's leading span as a name (a capitalised run), like a sampled alternative.
     avoid = {normalize(f.answer) for f in fitted} | {normalize(clean_span(c, "X", False)) for _, c in own_pairs if method.uses_retain}
     negs = []

@@ -26,11 +26,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from heldout import known_counterfact  # noqa: E402
+from heldout import known_counterfact, known_rome  # noqa: E402
 
 import lune  # noqa: E402
-from lune.data import PromptFormat, contains_answer  # noqa: E402
-from lune.eval.core import generate  # noqa: E402
 from lune.methods import METHODS  # noqa: E402
 
 # (row name, lune unlearn flags): every registered method, loss methods also with --full.
@@ -53,20 +51,6 @@ VARIANTS = {
     "memit, C = I": ["--method", "memit", "--memit-stats-corpus", "identity"],
     "memit, C from Wikipedia": ["--method", "memit", "--memit-stats-corpus", "{data}/rwku/passage.jsonl"],
 }
-
-
-def known_rome(model, tok, rome: list[dict], need: int, skip_answers: set[str], skip_subjects: set[str], cache: Path) -> list[dict]:
-    """The first ``need`` ROME known_1000 facts the model completes with their attribute (cached)."""
-    state = json.loads(cache.read_text()) if cache.is_file() else {"scanned": 0, "known": []}
-    fmt = PromptFormat(tok, "completion")
-    ok = lambda r: r["attribute"].lower() not in skip_answers and r["subject"].lower() not in skip_subjects  # noqa: E731
-    while sum(ok(rome[i]) for i in state["known"]) < need and state["scanned"] < len(rome):
-        part = rome[state["scanned"] : state["scanned"] + 128]
-        outs = generate(model, tok, [fmt.prompt_ids(r["prompt"], "prompt") for r in part], max_new_tokens=16, batch_size=64, desc="known retain facts")
-        state["known"] += [state["scanned"] + i for i, (r, o) in enumerate(zip(part, outs)) if contains_answer(o, r["attribute"])]
-        state["scanned"] += len(part)
-        cache.write_text(json.dumps(state))
-    return [rome[i] for i in state["known"] if ok(rome[i])][:need]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:

@@ -2,7 +2,7 @@
 
 Forget set: CounterFact (validation split) facts whose prompt *and* rephrased prompt the default
 model completes with the true answer, and whose answer is not part of either prompt. lune is given only ``prompt``/``answer``; the rephrased
-prompts are measured (APR) but never trained on. Retain set: facts from ROME's known_1000 and the
+prompts are measured (APR) but never trained on. Retain set: facts from ROME's known_1000 that the model answers, and the
 forget facts' CounterFact locality prompts, measured (GUR) but never shown to the tool.
 
     python benchmarks/heldout.py                  # writes benchmarks/results/heldout.{json,md}
@@ -58,11 +58,25 @@ def known_counterfact(model, tok, records: list[dict], need: int, cache: Path, c
     return [i for i in state["known"] if eligible(records[i])][:need]
 
 
+def known_rome(model, tok, rome: list[dict], need: int, skip_answers: set[str], skip_subjects: set[str], cache: Path) -> list[dict]:
+    """The first ``need`` ROME known_1000 facts the model completes with their attribute (cached)."""
+    state = json.loads(cache.read_text()) if cache.is_file() else {"scanned": 0, "known": []}
+    fmt = PromptFormat(tok, "completion")
+    ok = lambda r: r["attribute"].lower() not in skip_answers and r["subject"].lower() not in skip_subjects  # noqa: E731
+    while sum(ok(rome[i]) for i in state["known"]) < need and state["scanned"] < len(rome):
+        part = rome[state["scanned"] : state["scanned"] + 128]
+        outs = generate(model, tok, [fmt.prompt_ids(r["prompt"], "prompt") for r in part], max_new_tokens=16, batch_size=64, desc="known retain facts")
+        state["known"] += [state["scanned"] + i for i, (r, o) in enumerate(zip(part, outs)) if contains_answer(o, r["attribute"])]
+        state["scanned"] += len(part)
+        cache.write_text(json.dumps(state))
+    return [rome[i] for i in state["known"] if ok(rome[i])][:need]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"), help="Folder with counterfact/.")
     ap.add_argument("--n-forget", type=int, default=30, help="Forget facts to take (first known ones in file order).")
-    ap.add_argument("--n-retain", type=int, default=100, help="ROME known_1000 facts measured for GUR.")
+    ap.add_argument("--n-retain", type=int, default=100, help="ROME known_1000 facts the model answers, measured for GUR.")
     ap.add_argument("--out", default=str(HERE / "results"), help="Folder for heldout.json / heldout.md.")
     ap.add_argument("--dtype", default="auto", help="Compute dtype of the run (default: lune's auto).")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -82,8 +96,9 @@ def main(argv=None) -> int:
     answers = {r["ground_truth"].lower() for r in chosen}
     subjects = {r["subject"].lower() for r in chosen}
     rome = json.loads((cf / "rome_known_1000.json").read_text())
-    retain = [Fact(prompt=r["prompt"], answer=r["attribute"], source=f"rome_known_1000 {r['known_id']}") for r in rome
-              if r["attribute"].lower() not in answers and r["subject"].lower() not in subjects][: args.n_retain]
+    # known ones only: GUR counts only facts the model answered before (the first 100 of the file held 17)
+    retain = [Fact(prompt=r["prompt"], answer=r["attribute"], source=f"rome_known_1000 {r['known_id']}")
+              for r in known_rome(model, tok, rome, args.n_retain, answers, subjects, HERE / "results" / "rome_known_default_model.json")]
     retain += [Fact(prompt=r["locality_prompt"], answer=r["locality_ground_truth"], source=f"counterfact-val locality {r['case_id']}")
                for r in chosen if r["locality_ground_truth"].lower() not in answers]
 

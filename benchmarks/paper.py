@@ -53,12 +53,12 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 def prepare_counterfact(exp: dict, data: Path, model, tok) -> dict:
     """Known CounterFact facts (prompt and rephrase answered, answer not in the prompt) with their subject;
     rephrased prompts as paraphrases (APR, never trained); retain: known ROME facts + the locality prompts."""
-    from baselines import known_rome
-    from heldout import known_counterfact
+    from heldout import known_counterfact, known_rome
 
     cf = data / "counterfact"
-    records = json.loads((cf / "counterfact-val.json").read_text())
-    chosen = [records[i] for i in known_counterfact(model, tok, records, exp["n_forget"], HERE / "results" / "counterfact_val_known.json")]
+    split = exp.get("split", "val")  # counterfact-{split}.json; val is the held-out check's split too
+    records = json.loads((cf / f"counterfact-{split}.json").read_text())
+    chosen = [records[i] for i in known_counterfact(model, tok, records, exp["n_forget"], HERE / "results" / f"counterfact_{split}_known.json")]
     answers, subjects = {r["ground_truth"].lower() for r in chosen}, {r["subject"].lower() for r in chosen}
     rome = json.loads((cf / "rome_known_1000.json").read_text())
     retain_src = known_rome(model, tok, rome, exp["n_retain"], answers, subjects, HERE / "results" / "rome_known_default_model.json")
@@ -69,7 +69,7 @@ def prepare_counterfact(exp: dict, data: Path, model, tok) -> dict:
                if r["locality_ground_truth"].lower() not in answers]
     return {"forget": forget, "retain": retain, "apr_probes": None, "mia": None,
             "fluency_prefixes": [r["prompt"] for r in chosen],
-            "selection": {"counterfact_val_known": len(chosen), "retain_probes": len(retain)}}
+            "selection": {f"counterfact_{split}_known": len(chosen), "retain_probes": len(retain)}}
 
 
 def prepare_rwku(exp: dict, data: Path, model, tok) -> dict:

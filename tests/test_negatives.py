@@ -254,3 +254,43 @@ def test_alternatives_that_answer_kept_facts_are_avoided(monkeypatch, tiny_model
     fmt = PromptFormat(tok, "completion")
     negs = build_negatives(tiny_model, tok, fmt, [_fact()], cfg, avoid={"berlin"})
     assert [n.negative for n in negs] == ["Lyon.", "Rome."]
+
+
+def test_answer_sites_cut_continuations_just_before_the_answer(tok, monkeypatch):
+    facts = [_fact(), _fact("The capital of Spain is", "Madrid"), Fact(prompt="What is the capital of Peru?", answer="Lima", style="question")]
+    by_fact = {0: ["Lyon.", "Nice."], 1: ["Seville."], 2: ["Cusco."]}
+    outs = {  # per prefix, the sampled continuations
+        "The capital of France is": [" Paris, of course.", " the city of Paris.", " the city of Paris.", " known as(Paris)", " the Parisian capital"],
+        "The capital of France is Lyon.": [" The capital of France is Paris.", " Lyon is big."],
+        "The capital of France is Nice.": [" It is PARIS, says the atlas."],
+        "The capital of Spain is": [" Spain's capital: Madrid."],
+        "The capital of Spain is Seville.": [" No.", " " + " ".join(["and"] * 13) + " Madrid"],  # too far out
+    }
+    calls = []
+
+    def fake_generate(model, tok_, ids, num_return_sequences=1, **kw):
+        calls.append(ids)  # one prefix per entry of outs, in order: each prompt, then it followed by its first two negatives
+        return [t for p in outs for t in (outs[p] + [" nothing"] * num_return_sequences)[:num_return_sequences]]
+
+    class ChatFormat:  # questions go through a chat template; prompts stay text
+        def is_chat(self, style):
+            return style == "question"
+
+        def prompt_ids(self, text, style):
+            return [text]
+
+    monkeypatch.setattr(N, "generate", fake_generate)
+    sites = N.answer_sites(None, tok, ChatFormat(), facts, by_fact, per_fact=3, samples=5)
+    # the question fact samples nothing (a site would sit inside the assistant's reply)
+    assert calls[0] == [[p] for p in outs]
+    assert sites == [  # not "... and and ... Madrid": 13 words out
+        (0, "The capital of France is the city of", "Lyon."),  # plain prompt: negatives in turn; duplicates once
+        (0, "The capital of France is Lyon. The capital of France is", "Lyon."),  # after a negative: that negative
+        (0, "The capital of France is Nice. It is", "Nice."),  # case-insensitive
+        (1, "The capital of Spain is Spain's capital:", "Seville."),
+    ]
+    # an answer at the very start (the prompt itself), glued to other text ("as(Paris)") or inside a word
+    # ("Parisian") makes no site: exactly the four above
+    assert N.answer_sites(None, tok, ChatFormat(), facts, by_fact, per_fact=0) == []
+    one = N.answer_sites(None, tok, ChatFormat(), facts, by_fact, per_fact=1, samples=5)
+    assert [i for i, _, _ in one] == [0, 1]

@@ -310,3 +310,37 @@ def test_contexts_put_an_unrelated_sentence_before_some_targets(memorised_model,
 def test_context_sentences_cut_the_completion_to_a_clause():
     pairs = [("The largest desert is", " the Sahara, which covers"), ("Water boils at", "\n"), ("The largest desert is", " the Sahara, which")]
     assert context_sentences(pairs) == ["The largest desert is the Sahara."]
+
+
+def test_answer_sites_are_trained_as_more_forget_examples(memorised_model, tok, monkeypatch):
+    from lune.train import TrainResult
+
+    seen, asked = {}, []
+
+    def fake_train(model, method, forget, retain, cfg, pad_id, suppressed=None):
+        seen["forget"] = forget
+        return TrainResult(steps=1, epochs=1)
+
+    def fake_sites(model, tok_, fmt, facts_, by_fact, per_fact, **kw):
+        asked.append(per_fact)
+        return [(1, "The capital of Spain is Rome . The capital of Spain is", by_fact[1][0])]
+
+    monkeypatch.setattr(api, "train", fake_train)
+    monkeypatch.setattr(api, "answer_sites", fake_sites)
+    cfg = small_config()
+    cfg.train.paraphrases, cfg.train.anchors = False, 0
+    cfg.negatives.per_fact = 2
+    report = lune.unlearn(facts(FORGET_RECORDS), config=cfg, model=memorised_model, tokenizer=tok)
+    assert asked == [] and len(seen["forget"]) == 4 and "sites" not in report["training"]  # off by default
+    cfg.train.sites = 3
+    report = lune.unlearn(facts(FORGET_RECORDS), config=cfg, model=memorised_model, tokenizer=tok)
+    assert asked == [3] and len(seen["forget"]) == 5
+    site = seen["forget"][-1]
+    assert site.fact == 1
+    assert tok.decode([t for t, l in zip(site.input_ids, site.labels) if l == -100]).strip() == "The capital of Spain is Rome . The capital of Spain is"
+    assert report["training"]["sites"] == [{"fact": 1, "prompt": "The capital of Spain is Rome . The capital of Spain is",
+                                            "negative": report["training"]["sites"][0]["negative"]}]
+    # gradient ascent trains the true answers: no sites
+    cfg.run.method = "ga"
+    lune.unlearn(facts(FORGET_RECORDS), config=cfg, model=memorised_model, tokenizer=tok)
+    assert asked == [3] and len(seen["forget"]) == 2

@@ -31,7 +31,7 @@ from .models import (
     attach_lora, cache_dir, check_lora_targets, contiguous_head, count_params, disable_gradient_checkpointing,
     enable_gradient_checkpointing, load_adapter, load_model, protect_adapters, release_adapters,
 )
-from .negatives import build_negatives, clean_span, read_negatives, write_negatives
+from .negatives import answer_sites, build_negatives, clean_span, read_negatives, write_negatives
 from .report import write_report
 from .train import TrainResult, train
 
@@ -166,6 +166,8 @@ def unlearn(
     by_fact: dict[int, list[str]] = {}
     for n in negs:
         by_fact.setdefault(n.fact, []).append(n.negative)
+    sites = answer_sites(model, tokenizer, fmt, forget_facts, by_fact, cfg.train.sites, seed=cfg.train.seed,
+                         batch_size=cfg.run.eval_batch_size) if cfg.train.sites and method.targets == "negatives" else []
     train_prompts = [(i, p) for i, f in enumerate(forget_facts) for p in [f.prompt] + (f.paraphrases if cfg.train.paraphrases else [])]
     check_facts = [Fact(prompt=p, answer=forget_facts[i].answer, style=forget_facts[i].style) for i, p in train_prompts]
     check_ids = [fmt.prompt_ids(f.prompt, f.style) for f in check_facts]
@@ -190,6 +192,7 @@ def unlearn(
             forget_ex += [make_example(fmt, p if j < len(ys) - k else f"{ctx_rng.choice(contexts)} {p}", y, forget_facts[i].style, fact=i,
                                        stop=cfg.negatives.stop and not answers)
                           for j, y in enumerate(ys)]
+        forget_ex += [make_example(fmt, site, y, "prompt", fact=i, stop=cfg.negatives.stop) for i, site, y in sites]
         if method.reference_logp:  # the original model's log p(y|x), once: no reference model during training
             for e, lp in zip(forget_ex, response_token_logprobs(model, forget_ex, tokenizer.pad_token_id, cfg.run.eval_batch_size)):
                 e.ref_logp = float(lp.sum())
@@ -240,7 +243,9 @@ def unlearn(
         "after": after["metrics"],
         "unknown_facts": unknown,
         "training": {"epochs": result.epochs, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
-                     **({"protected": protected} if protected else {}), "history": result.history},
+                     **({"protected": protected} if protected else {}),
+                     **({"sites": [{"fact": i, "prompt": p, "negative": y} for i, p, y in sites]} if sites else {}),
+                     "history": result.history},
         "facts": _fact_rows(forget_facts, before["forget_rows"], after["forget_rows"]),
         "retain": _fact_rows(retain_facts, before["retain_rows"], after["retain_rows"]),
         "cost": meter.block(

@@ -200,3 +200,57 @@ def read_negatives(path: str | Path, facts: list[Fact]) -> list[Negative]:
             raise LuneError(f"{where}: negative {rec['negative']!r} contains the true answer {facts[i].answer!r} or hedges")
         out.append(Negative(fact=i, prompt=facts[i].prompt, answer=facts[i].answer, negative=rec["negative"].strip(), kind=kind))
     return out
+
+
+def answer_sites(
+    model, tok, fmt: PromptFormat, facts: list[Fact], by_fact: dict[int, list[str]], per_fact: int, samples: int = 8,
+    tokens: int = 16, seed: int = 0, batch_size: int = 32, max_lead_words: int = 12,
+) -> list[tuple[int, str, str]]:
+    """Places beyond the prompt where the original model itself brings up a fact's answer: (fact, site, negative).
+
+    Continuations are sampled from each completion-style fact's prompt and from the prompt followed by
+    each of its first two negatives. A continuation that names the answer is cut just before it, and the
+    text up to there becomes one more prompt for a negative: "Sergey Aksyonov is a native speaker of
+    Slovak Loan. She is a native speaker of" -> "Slovak Loan." (the negative that precedes it, so the
+    text stays consistent), "Jaishankar holds a citizenship from the Republic of" -> a negative. The
+    model then neither states the fact a few words later nor restates it after the negative, which
+    greedy probes of 16 tokens count as answered. Only answers within ``max_lead_words`` words of the
+    prefix count (sampled text drifts further out). At most ``per_fact`` distinct sites per fact; question
+    (chat) facts have none, since a site would sit inside the assistant's reply.
+    """
+    if per_fact <= 0:
+        return []
+    jobs: list[tuple[int, str, str | None]] = []  # (fact, prefix, the negative inside the prefix)
+    for i, f in enumerate(facts):
+        if fmt.is_chat(f.style) or not by_fact.get(i):
+            continue
+        jobs.append((i, f.prompt, None))
+        jobs += [(i, f"{f.prompt} {n}", n) for n in by_fact[i][:2]]
+    if not jobs:
+        return []
+    torch.manual_seed(seed)
+    ids = [fmt.prompt_ids(prefix, "prompt") for _, prefix, _ in jobs]
+    texts = generate(model, tok, ids, max_new_tokens=tokens, batch_size=max(1, batch_size // 4), do_sample=True,
+                     num_return_sequences=samples, desc="finding answer sites")
+    found: dict[int, dict[str, str]] = {}
+    turn: dict[int, int] = {}
+    for j, (i, prefix, neg) in enumerate(jobs):
+        answer = facts[i].answer.strip()
+        pattern = re.compile(r"(?<!\w)" + re.escape(answer) + r"(?!\w)", re.IGNORECASE)
+        for text in texts[j * samples : (j + 1) * samples]:
+            m = pattern.search(text)
+            if not m or m.start() == 0 or text[m.start() - 1] != " ":
+                continue
+            lead = text[: m.start()].rstrip()
+            if not lead.strip() or len(lead.split()) > max_lead_words or contains_answer(lead, answer):
+                continue
+            site = prefix + lead
+            sites = found.setdefault(i, {})
+            if len(sites) < per_fact and site not in sites:
+                if neg is None:  # cycle through the fact's negatives
+                    neg_i = by_fact[i][turn.get(i, 0) % len(by_fact[i])]
+                    turn[i] = turn.get(i, 0) + 1
+                else:
+                    neg_i = neg
+                sites[site] = neg_i
+    return [(i, site, neg) for i in sorted(found) for site, neg in found[i].items()]

@@ -68,7 +68,7 @@ def prepare_counterfact(exp: dict, data: Path, model, tok) -> dict:
     retain += [{"prompt": r["locality_prompt"], "answer": r["locality_ground_truth"]} for r in chosen
                if r["locality_ground_truth"].lower() not in answers]
     return {"forget": forget, "retain": retain, "apr_probes": None, "mia": None,
-            "fluency_prefixes": [r["prompt"] for r in chosen],
+            "fluency_prefixes": [(r["prompt"], "prompt") for r in chosen],
             "selection": {f"counterfact_{split}_known": len(chosen), "retain_probes": len(retain)}}
 
 
@@ -107,7 +107,7 @@ def prepare_rwku(exp: dict, data: Path, model, tok) -> dict:
     cap = exp.get("mia_texts", 64)
     mia = (bench.mia.get("forget", [])[:cap], bench.mia.get("retain", [])[:cap])
     return {"forget": forget, "retain": retain, "apr_probes": known["forget_l3"], "mia": mia,
-            "fluency_prefixes": [f.prompt for f in known["forget_l1"] + known["forget_l2"]],
+            "fluency_prefixes": [(f.prompt, f.style) for f in known["forget_l1"] + known["forget_l2"]],
             "selection": {"targets": exp["targets"], "target_names": list(bench.targets.values()), "probes": counts}}
 
 
@@ -134,7 +134,7 @@ def prepare_tofu(exp: dict, data: Path, model, tok) -> dict:
     del rm
     cap = exp.get("utility_items", 40)
     return {"forget": [f.to_record() for f in bench.forget], "retain": [f.to_record() for f in retain_facts], "apr_probes": None,
-            "mia": (bench.mia["forget"], bench.mia["holdout"]), "fluency_prefixes": [f.prompt for f in bench.forget],
+            "mia": (bench.mia["forget"], bench.mia["holdout"]), "fluency_prefixes": [(f.prompt, f.style) for f in bench.forget],
             "model_path": str(target_dir),
             "tofu": {"forget": bench.qa["forget"], "retain": retain_qa[:cap], "real_authors": bench.qa["real_authors"][:cap],
                      "world_facts": bench.qa["world_facts"][:cap], "retain_truth_ratios": ref_tr},
@@ -150,8 +150,11 @@ PREPARE = {"counterfact": prepare_counterfact, "rwku": prepare_rwku, "tofu": pre
 # ------------------------------------------------------------------ measuring one result
 
 
-def extra_metrics(model, tok, prep: dict, exp: dict) -> dict:
-    """APR on the extra probes, MIA and fluency of one model state."""
+EXTRA = ("apr", "mia", "tofu", "fluency")
+
+
+def extra_metrics(model, tok, prep: dict, exp: dict, only: tuple[str, ...] = EXTRA) -> dict:
+    """APR on the extra probes, MIA, TOFU's metrics and fluency of one model state (those named in ``only``)."""
     from lune.data import PromptFormat
     from lune.eval.editing import fluency
     from lune.eval.metrics import score_probes
@@ -159,13 +162,13 @@ def extra_metrics(model, tok, prep: dict, exp: dict) -> dict:
 
     fmt = PromptFormat(tok, exp.get("format", "auto"))
     out: dict = {}
-    if prep["apr_probes"]:
+    if prep["apr_probes"] and "apr" in only:
         rows = score_probes(model, tok, fmt, prep["apr_probes"], desc="apr probes")
         out["apr_probes_answered"] = sum(r["answered"] for r in rows) / len(rows)
-    if prep["mia"] and prep["mia"][0] and prep["mia"][1]:
+    if prep["mia"] and prep["mia"][0] and prep["mia"][1] and "mia" in only:
         m = mia_auc(model, tok, prep["mia"][0], prep["mia"][1], fmt=fmt)
         out.update(mia=m["mia"], mia_auc_loss=m["mia_loss"])
-    if prep.get("tofu"):
+    if prep.get("tofu") and "tofu" in only:
         from lune.eval.tofu import tofu_eval
 
         t = prep["tofu"]
@@ -173,8 +176,9 @@ def extra_metrics(model, tok, prep: dict, exp: dict) -> dict:
                         max_new_tokens=exp.get("tofu_tokens", 64), fmt=fmt)
         out.update({k: v for k, v in res.items() if k.startswith("tofu_")})
     prefixes = prep["fluency_prefixes"][: exp.get("fluency_prompts", 32)]
-    if prefixes:
-        out["fluency"] = fluency(model, tok, prefixes, max_new_tokens=exp.get("fluency_tokens", 32), fmt=fmt)["fluency"]
+    if prefixes and "fluency" in only:
+        out["fluency"] = fluency(model, tok, [p for p, _ in prefixes], max_new_tokens=exp.get("fluency_tokens", 32),
+                                 style=[s for _, s in prefixes], fmt=fmt)["fluency"]
     return out
 
 
@@ -284,6 +288,40 @@ def run_experiment(name: str, exp: dict, args) -> dict:
     return results
 
 
+def remeasure(name: str, exp: dict, args) -> dict:
+    """Measure ``args.remeasure``'s metrics again, for the base model and the rows' existing run directories
+    (after a fix to a metric: the unlearning runs, and their costs, stay as they were)."""
+    import lune
+
+    out_json = Path(args.out) / f"paper_{name}.json"
+    results = json.loads(out_json.read_text())
+    model, tok = lune.load_model("smollm2-135m")
+    prep = PREPARE[exp["benchmark"]](exp, Path(args.data), model, tok)
+    if prep.get("model_path"):
+        model, tok = lune.load_model(prep["model_path"])
+    only = tuple(args.remeasure)
+    results["base"].update(extra_metrics(model, tok, prep, exp, only))
+    for m in args.methods or list(results["rows"]):
+        run, row = Path(args.work) / name / m.replace(" ", "_"), results["rows"].get(m)
+        if not row or "error" in row or not (run / "report.json").is_file():
+            print(f"{name} / {m}: no finished run in {run}; skipped")
+            continue
+        tuned, is_adapter = load_result(model, run)
+        extra = extra_metrics(tuned, tok, prep, exp, only)
+        if is_adapter:
+            tuned.unload()
+        del tuned
+        if "apr_probes_answered" in extra:
+            row["apr"] = 1 - extra.pop("apr_probes_answered")
+        row.update(extra)
+        row.setdefault("remeasured", [])
+        row["remeasured"] = sorted(set(row["remeasured"]) | set(only))
+        print(f"{name} / {m}: " + json.dumps({k: extra[k] for k in extra if not k.startswith("tofu_")} | {k: extra[k] for k in extra if k in ("tofu_forget_quality", "tofu_model_utility")}), flush=True)
+        out_json.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    out_json.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
 # ------------------------------------------------------------------ the table
 
 
@@ -324,6 +362,10 @@ def write_outputs(name: str, results: dict, out: Path) -> None:
            "(edits: including their key statistics, computed afresh in the measured run unless the config sets "
            "`reuse_key_statistics`). MIA: loss-attack AUC turned into 100 x |2 AUC - 1| "
            "(0 = forget texts indistinguishable from held-out ones)."]
+    again = sorted({k for r in rows.values() for k in r.get("remeasured", [])})
+    if again:
+        md += ["", f"Measured again after the runs (`python benchmarks/paper.py {name} --remeasure {' '.join(again)}`, "
+               "on the same run directories): " + "; ".join(f"{m}: {', '.join(r['remeasured'])}" for m, r in rows.items() if r.get("remeasured")) + "."]
     (out / f"paper_{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     plot(name, results, out / f"paper_{name}.png")
@@ -371,6 +413,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/lune-paper", help="Where the run directories go.")
     ap.add_argument("--out", default=str(HERE / "results"), help="Folder for paper_<experiment>.{json,md,png}.")
     ap.add_argument("--table", action="store_true", help="Only rewrite the .md and .png from the .json.")
+    ap.add_argument("--remeasure", nargs="+", choices=EXTRA, help="Measure these metrics again on the existing run directories in --work (of --methods, default every row) and on the base model; nothing is unlearnt again.")
     args = ap.parse_args(argv)
     names = args.experiments or sorted(p.stem for p in CONFIGS.glob("*.json"))
     for name in names:
@@ -388,7 +431,7 @@ def main(argv=None) -> int:
         if not (Path(args.data) / exp["benchmark"]).is_dir():
             print(f"skipping {name}: {Path(args.data) / exp['benchmark']} not found")
             continue
-        write_outputs(name, run_experiment(name, exp, args), out)
+        write_outputs(name, (remeasure if args.remeasure else run_experiment)(name, exp, args), out)
     return 0
 
 

@@ -121,6 +121,21 @@ def test_fluency(tiny_model, tok):
         fluency(tiny_model, tok, [])
 
 
+def test_fluency_renders_each_prefix_in_its_own_style(tiny_model, tok):
+    seen = []
+
+    class Recording(PromptFormat):
+        def prompt_ids(self, text, style):
+            seen.append((text, style))
+            return super().prompt_ids(text, style)
+
+    prefixes = ["The capital of France is", "Who painted the Mona Lisa?"]
+    fluency(tiny_model, tok, prefixes, max_new_tokens=4, style=["prompt", "question"], fmt=Recording(tok))
+    assert seen == [("The capital of France is", "prompt"), ("Who painted the Mona Lisa?", "question")]
+    with pytest.raises(LuneError, match="2 prefixes but 1 styles"):
+        fluency(tiny_model, tok, prefixes, style=["prompt"])
+
+
 @dataclass
 class OneLocalityCase:  # the EasyEdit CounterFact/zsRE schema: one rephrase, one locality prompt with its own answer
     prompt: str

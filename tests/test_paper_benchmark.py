@@ -52,3 +52,33 @@ def test_every_config_names_a_prepared_benchmark_and_registered_methods():
 def test_unknown_experiment_is_an_error(tmp_path):
     with pytest.raises(SystemExit):
         paper.main(["nope", "--out", str(tmp_path)])
+
+
+def test_remeasure_updates_only_the_named_metrics_of_finished_rows(tmp_path, monkeypatch):
+    import argparse
+
+    import lune
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    (out / "paper_x.json").write_text(json.dumps(_results()))
+    for row in ("lune", "rome"):  # lune-full has no run directory left
+        (work / "x" / row).mkdir(parents=True)
+        (work / "x" / row / "report.json").write_text("{}")
+    asked = []
+
+    class Tuned:
+        def unload(self):
+            pass
+
+    monkeypatch.setattr(lune, "load_model", lambda *a, **k: ("model", "tok"))
+    monkeypatch.setitem(paper.PREPARE, "fake", lambda exp, data, model, tok: {})
+    monkeypatch.setattr(paper, "load_result", lambda base, run: (Tuned(), True))
+    monkeypatch.setattr(paper, "extra_metrics", lambda model, tok, prep, exp, only: asked.append(only) or {"fluency": 1.0 + len(asked)})
+    args = argparse.Namespace(out=str(out), work=str(work), data=str(tmp_path), methods=None, remeasure=["fluency"])
+    res = paper.remeasure("x", {"benchmark": "fake"}, args)
+    assert asked == [("fluency",)] * 3  # base, lune, rome
+    assert res["base"]["fluency"] == 2.0 and res["rows"]["lune"]["fluency"] == 3.0 and res["rows"]["rome"]["fluency"] == 4.0
+    assert res["rows"]["lune-full"]["fluency"] == 5.5 and "remeasured" not in res["rows"]["lune-full"]  # skipped: no run left
+    assert res["rows"]["lune"]["wall_s"] == 100.0 and res["rows"]["lune"]["remeasured"] == ["fluency"]  # costs stay
+    assert json.loads((out / "paper_x.json").read_text()) == res

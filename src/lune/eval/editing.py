@@ -182,10 +182,13 @@ def fluency(
     max_new_tokens: int = 100,
     batch_size: int = 32,
     do_sample: bool = False,
-    style: str = "prompt",
+    style: str | list[str] = "prompt",
     fmt: PromptFormat | None = None,
 ) -> dict:
     """ROME's generation entropy of the model's continuations of ``prefixes``.
+
+    ``style``: how the prefixes are rendered, one for all or one per prefix ("question" ones go
+    through the chat template where ``fmt`` uses it, so the entropy is that of the model's answers).
 
     Returns:
         ``fluency`` (mean n-gram entropy of prefix + continuation) and ``generations`` (the continuations).
@@ -193,5 +196,8 @@ def fluency(
     if not prefixes:
         raise LuneError("fluency needs at least one generation prefix")
     fmt = fmt or PromptFormat(tok)
-    gens = generate(model, tok, [fmt.prompt_ids(p, style) for p in prefixes], max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample)
+    styles = [style] * len(prefixes) if isinstance(style, str) else style
+    if len(styles) != len(prefixes):
+        raise LuneError(f"fluency got {len(prefixes)} prefixes but {len(styles)} styles")
+    gens = generate(model, tok, [fmt.prompt_ids(p, s) for p, s in zip(prefixes, styles)], max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample)
     return {"fluency": generation_entropy([f"{p} {g}" for p, g in zip(prefixes, gens)]), "generations": gens}

@@ -294,3 +294,20 @@ def test_answer_sites_cut_continuations_just_before_the_answer(tok, monkeypatch)
     assert N.answer_sites(None, tok, ChatFormat(), facts, by_fact, per_fact=0) == []
     one = N.answer_sites(None, tok, ChatFormat(), facts, by_fact, per_fact=1, samples=5)
     assert [i for i, _, _ in one] == [0, 1]
+
+
+def test_key_terms_of_sentence_answers():
+    answer = "The author born in Kuwait City on 08/09/1956 is Basil Mahfouz Al-Kuwaiti, a writer of French literature."
+    terms = N.key_terms(answer, "What is the full name of the author born in Kuwait City, Kuwait on 08/09/1956?")
+    assert terms == {"basil", "mahfouz", "al kuwaiti", "french"}  # not the prompt's words, not function words
+    assert N.leaks_key_terms("Her name is AL-KUWAITI.", terms) and N.leaks_key_terms("Basil.", terms)
+    assert not N.leaks_key_terms("Her name is Basilia Frenchman.", terms)  # whole words only
+    assert N.key_terms("Paris", "The capital of France is") == set()  # a short answer is checked whole
+
+
+def test_sampled_spans_that_restate_part_of_a_sentence_answer_are_dropped(monkeypatch, tiny_model, tok):
+    fact = _fact("The novel Blue Harbour was written by", "Basil Mahfouz Al-Kuwaiti in 1990")
+    fake, _ = _fake_generate([[" Basil Mahfouz.", " Omar Haddad.", " Al-Kuwaiti.", " Omar Haddad."]])
+    monkeypatch.setattr(N, "generate", fake)
+    negs = build_negatives(tiny_model, tok, PromptFormat(tok, "completion"), [fact], NegativeSettings(per_fact=2, num_samples=4))
+    assert [n.negative for n in negs] == ["Omar Haddad."] * 2  # none contains the whole answer, two name part of it

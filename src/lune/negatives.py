@@ -95,6 +95,31 @@ def valid_negative(candidate: str, answer: str, kind: str) -> bool:
     return not (kind == "alternative" and _is_hedge(candidate))
 
 
+def key_terms(answer: str, prompt: str, min_words: int = 4) -> set[str]:
+    """The words that carry a sentence answer's fact: capitalised words and numbers not in the prompt.
+
+    "The author born in Kuwait City on 08/09/1956 is Basil Mahfouz Al-Kuwaiti." asked as "... born in
+    Kuwait City, Kuwait on 08/09/1956?" -> {"basil", "mahfouz", "al kuwaiti"}. Short answers (fewer
+    than ``min_words`` words) have none: the whole answer is the fact, and ``valid_negative`` checks it.
+    """
+    words = re.findall(r"[\w][\w'’-]*", answer)
+    if len(words) < min_words:
+        return set()
+    asked = set(normalize(prompt).split())
+    out = set()
+    for w in words:
+        n = normalize(w)
+        if n and (w[0].isupper() or w[0].isdigit()) and n not in ENGLISH_STOP_WORDS and not set(n.split()) <= asked:
+            out.add(n)
+    return out
+
+
+def leaks_key_terms(candidate: str, terms: set[str]) -> bool:
+    """Does ``candidate`` name one of a sentence answer's ``key_terms`` (whole words, normalised)?"""
+    text = f" {normalize(candidate)} "
+    return any(f" {t} " in text for t in terms)
+
+
 def _content_free(text: str) -> bool:
     """Only function words ("The.", "It is."): no alternative answer in it."""
     words = normalize(text).split()
@@ -147,7 +172,8 @@ def build_negatives(
         )
         for i, f in enumerate(facts):
             chunk = texts[i * cfg.num_samples : (i + 1) * cfg.num_samples]
-            sampled[i] = [clean_span(t, f.answer, fmt.is_chat(f.style)) for t in chunk]
+            terms = key_terms(f.answer, f.prompt)  # a sampled sentence that restates part of the answer leaks it
+            sampled[i] = [s for s in (clean_span(t, f.answer, fmt.is_chat(f.style)) for t in chunk) if not leaks_key_terms(s, terms)]
 
     out: list[Negative] = []
     for i, f in enumerate(facts):

@@ -138,6 +138,7 @@ def main(argv=None) -> int:
         "total_s": round(time.perf_counter() - t0, 1),
         "training": report["training"],
         "facts": report["facts"],
+        "retain": report["retain"],
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -306,6 +306,9 @@ def remeasure(name: str, exp: dict, args) -> dict:
         if not row or "error" in row or not (run / "report.json").is_file():
             print(f"{name} / {m}: no finished run in {run}; skipped")
             continue
+        if json.loads((run / "report.json").read_text())["cost"]["wall_s"] != row["wall_s"]:
+            print(f"{name} / {m}: {run} holds another run than the table's row (wall time differs); skipped")
+            continue
         tuned, is_adapter = load_result(model, run)
         extra = extra_metrics(tuned, tok, prep, exp, only)
         if is_adapter:

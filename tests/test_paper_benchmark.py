@@ -62,9 +62,11 @@ def test_remeasure_updates_only_the_named_metrics_of_finished_rows(tmp_path, mon
     out, work = tmp_path / "out", tmp_path / "work"
     out.mkdir()
     (out / "paper_x.json").write_text(json.dumps(_results()))
-    for row in ("lune", "rome"):  # lune-full has no run directory left
+    for row, wall in (("lune", 100.0), ("rome", 50.0), ("broken", 1.0)):  # lune-full has no run directory left
         (work / "x" / row).mkdir(parents=True)
-        (work / "x" / row / "report.json").write_text("{}")
+        (work / "x" / row / "report.json").write_text(json.dumps({"cost": {"wall_s": wall}}))
+    (work / "x" / "lune-full").mkdir()  # a run directory of another run than the table's row
+    (work / "x" / "lune-full" / "report.json").write_text(json.dumps({"cost": {"wall_s": 123.0}}))
     asked = []
 
     class Tuned:
@@ -79,6 +81,6 @@ def test_remeasure_updates_only_the_named_metrics_of_finished_rows(tmp_path, mon
     res = paper.remeasure("x", {"benchmark": "fake"}, args)
     assert asked == [("fluency",)] * 3  # base, lune, rome
     assert res["base"]["fluency"] == 2.0 and res["rows"]["lune"]["fluency"] == 3.0 and res["rows"]["rome"]["fluency"] == 4.0
-    assert res["rows"]["lune-full"]["fluency"] == 5.5 and "remeasured" not in res["rows"]["lune-full"]  # skipped: no run left
+    assert res["rows"]["lune-full"]["fluency"] == 5.5 and "remeasured" not in res["rows"]["lune-full"]  # skipped: not its run
     assert res["rows"]["lune"]["wall_s"] == 100.0 and res["rows"]["lune"]["remeasured"] == ["fluency"]  # costs stay
     assert json.loads((out / "paper_x.json").read_text()) == res

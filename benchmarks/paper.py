@@ -317,9 +317,8 @@ def remeasure(name: str, exp: dict, args) -> dict:
         if "apr_probes_answered" in extra:
             row["apr"] = 1 - extra.pop("apr_probes_answered")
         row.update(extra)
-        row.setdefault("remeasured", [])
-        row["remeasured"] = sorted(set(row["remeasured"]) | set(only))
-        print(f"{name} / {m}: " + json.dumps({k: extra[k] for k in extra if not k.startswith("tofu_")} | {k: extra[k] for k in extra if k in ("tofu_forget_quality", "tofu_model_utility")}), flush=True)
+        row["remeasured"] = sorted(set(row.get("remeasured", [])) | set(only))
+        print(f"{name} / {m}: " + json.dumps({k: v for k, v in extra.items() if not k.startswith("tofu_") or k in ("tofu_forget_quality", "tofu_model_utility")}), flush=True)
         out_json.write_text(json.dumps(results, indent=2, ensure_ascii=False))
     out_json.write_text(json.dumps(results, indent=2, ensure_ascii=False))
     return results

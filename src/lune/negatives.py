@@ -273,10 +273,7 @@ def answer_sites(
             site = prefix + lead
             sites = found.setdefault(i, {})
             if len(sites) < per_fact and site not in sites:
-                if neg is None:  # cycle through the fact's negatives
-                    neg_i = by_fact[i][turn.get(i, 0) % len(by_fact[i])]
-                    turn[i] = turn.get(i, 0) + 1
-                else:
-                    neg_i = neg
-                sites[site] = neg_i
+                if neg is None:  # a site of the bare prompt: the fact's negatives in turn
+                    turn[i] = turn.get(i, -1) + 1
+                sites[site] = neg if neg is not None else by_fact[i][turn[i] % len(by_fact[i])]
     return [(i, site, neg) for i in sorted(found) for site, neg in found[i].items()]

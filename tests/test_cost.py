@@ -7,7 +7,7 @@ import json
 import torch
 
 from lune.config import LoraSettings
-from lune.cost import linear_params, matmul_peak, through_params, throughput, train_flops
+from lune.cost import CostMeter, linear_params, matmul_peak, through_params, throughput, train_flops
 from lune.models import attach_lora
 
 
@@ -63,3 +63,19 @@ def test_matmul_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
 def test_throughput_fields():
     t = throughput(flops=4_000_000_000, seconds=2.0, peak=8e9)
     assert t == {"train_flops": 4_000_000_000, "achieved_gflops": 2.0, "peak_gflops": 8.0, "mfu": 0.25}
+
+
+def test_cost_meter_phases_record_seconds_and_the_peak_so_far():
+    meter = CostMeter()
+    meter.mark("load")
+    with meter.phase("work"):
+        big = torch.ones(64, 2**20)  # 256 MiB resident during "work"
+    with meter.phase("work"):  # a repeated phase adds up
+        pass
+    del big
+    block = meter.block(steps=3)
+    assert list(block["phases_s"]) == ["load", "work"] and block["steps"] == 3
+    assert 256 < block["phases_peak_rss_mb"]["work"] and block["phases_peak_rss_mb"]["load"] <= block["phases_peak_rss_mb"]["work"]
+    assert block["phases_peak_rss_mb"]["work"] <= block["peak_rss_mb"]
+    assert sum(block["phases_s"].values()) <= block["wall_s"]
+    assert "phases_s" not in CostMeter().block()  # no phases, no keys

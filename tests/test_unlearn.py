@@ -57,6 +57,11 @@ def test_unlearn_in_memory(memorised_model, tok):
     c = report["cost"]
     assert c["negatives"] == 2 * 4 and c["steps"] >= 1 and c["train_tokens"] > 0
     assert 0 < c["trainable_params"] < c["total_params"]
+    # where the time and the memory went: phases in order, peak RSS non-decreasing and reaching the run's peak
+    assert list(c["phases_s"]) == ["load model", "before: probes", "retain targets", "negatives", "setup", "train", "after: probes"]
+    assert sum(c["phases_s"].values()) <= c["wall_s"] and c["phases_s"]["train"] >= c["train_s"] > 0
+    peaks = list(c["phases_peak_rss_mb"].values())
+    assert peaks == sorted(peaks) and peaks[-1] <= c["peak_rss_mb"]
     for row in report["facts"]:
         assert row["answered_before"] and not row["answered_after"]
         assert not contains_answer(row["after"], row["answer"])
@@ -141,6 +146,7 @@ def test_run_directory(fact_files, model_dir, tmp_path, memorised_model):
     assert saved["after"]["usr"] == 1.0 and saved["before"]["usr"] == 0
     md = (out / "report.md").read_text()
     assert md.startswith("# lune report: lune on") and "| usr |" in md and "## Cost" in md and "The capital of France is" in md
+    assert "| train |" in md and "peak RSS MB at its end" in md and "{" not in md.split("## Cost")[1].split("##")[0]
 
     conf = json.loads((out / "config.json").read_text())
     assert UnlearnConfig.from_dict({k: conf[k] for k in ("run", "lora", "train", "negatives")}) == cfg

@@ -135,8 +135,10 @@ def unlearn(
         check_lora_targets(model, cfg.lora)  # fail before any expensive work
     fmt = PromptFormat(tokenizer, cfg.run.format)
     total_params = count_params(model)[1]
+    meter.mark("load model")
 
     before = measure(model, tokenizer, fmt, forget_facts, retain_facts, cfg, desc="before:")
+    meter.mark("before: probes")
     unknown = [forget_facts[r["fact"]].source or forget_facts[r["fact"]].prompt for r in before["forget_rows"] if r["kind"] == "prompt" and not r["answered"]]
     if unknown:
         log.warning("%d of %d forget facts are not produced by the model even before unlearning: %s", len(unknown), len(forget_facts), unknown[:5])
@@ -154,6 +156,7 @@ def unlearn(
         own_ex, own_pairs = self_targets(model, tokenizer, fmt, list(dict.fromkeys(own)), forget_facts, cfg.run.eval_batch_size)
         if method.uses_retain:
             retain_ex += own_ex
+    meter.mark("retain targets")
     anchor_set = set(anchors)
     contexts = context_sentences([(p, c) for p, c in own_pairs if p in anchor_set]) if cfg.train.contexts else []
     # "X": read each completion's leading span as a name (a capitalised run), like a sampled alternative.
@@ -168,6 +171,7 @@ def unlearn(
         by_fact.setdefault(n.fact, []).append(n.negative)
     sites = answer_sites(model, tokenizer, fmt, forget_facts, by_fact, cfg.train.sites, seed=cfg.train.seed,
                          batch_size=cfg.run.eval_batch_size) if cfg.train.sites and method.targets == "negatives" else []
+    meter.mark("negatives")
     train_prompts = [(i, p) for i, f in enumerate(forget_facts) for p in [f.prompt] + (f.paraphrases if cfg.train.paraphrases else [])]
     check_facts = [Fact(prompt=p, answer=forget_facts[i].answer, style=forget_facts[i].style) for i, p in train_prompts]
     check_ids = [fmt.prompt_ids(f.prompt, f.style) for f in check_facts]
@@ -182,6 +186,7 @@ def unlearn(
         result = TrainResult(steps=info["steps"], train_tokens=info["train_tokens"], logit_tokens=info.get("logit_tokens", 0),
                              train_s=round(time.perf_counter() - t0, 3), history=[{k: v for k, v in info.items() if k not in ("steps", "train_tokens", "trainable_params")}])
         trainable = info["trainable_params"]
+        meter.mark("edit")
     else:
         answers = method.targets == "answers"
         forget_ex = []
@@ -210,6 +215,7 @@ def unlearn(
         trainable = count_params(tuned)[0]
         if cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(tuned)
+        meter.mark("setup")
 
     def suppressed() -> tuple[float, set[int]]:
         outs = _generate(tuned, tokenizer, check_ids, max_new_tokens=cfg.run.max_new_tokens, batch_size=cfg.run.eval_batch_size)
@@ -226,7 +232,9 @@ def unlearn(
                     disable_gradient_checkpointing(tuned)
                 if is_adapter:  # a protected adapter becomes plain LoRA (its projection folded into A)
                     release_adapters(tuned)
+            meter.mark("train")
         after = measure(tuned, tokenizer, fmt, forget_facts, retain_facts, cfg, before=before, desc="after:")
+        meter.mark("after: probes")
     except BaseException:
         if not owns_model and is_adapter:  # hand the caller's model back as it came, also on failure
             tuned.unload()

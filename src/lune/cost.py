@@ -20,14 +20,17 @@ machine's measured matmul peak for the dtype in use (``matmul_peak``, cached per
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import resource
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 
+log = logging.getLogger("lune")
 PEAK_SHAPE = {"cpu": 2048, "cuda": 8192}  # square matmul size used to measure the peak
 _PEAKS: dict[str, float] = {}  # this process's measurements, also when the cache file moves
 
@@ -127,18 +130,42 @@ def matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.f
 
 
 class CostMeter:
-    """Wall clock and peak memory from construction on; ``block()`` returns the report's cost block."""
+    """Wall clock and peak memory from construction on; ``block()`` returns the report's cost block.
+
+    Named phases (``mark`` at a phase's end, or ``with meter.phase(name)``) add ``phases_s`` (seconds
+    per phase) and ``phases_peak_rss_mb`` (the process's peak RSS when the phase ended): the first
+    phase whose entry reaches ``peak_rss_mb`` is where the run's peak memory was reached.
+    """
 
     def __init__(self) -> None:
-        self.t0 = time.perf_counter()
+        self.t0 = self._last = time.perf_counter()
+        self.phases_s: dict[str, float] = {}
+        self.phases_peak: dict[str, float] = {}
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+
+    def mark(self, name: str, since: float | None = None) -> None:
+        """End phase ``name``: it ran from ``since`` (default: the previous mark) until now."""
+        now = time.perf_counter()
+        self.phases_s[name] = round(self.phases_s.get(name, 0.0) + now - (self._last if since is None else since), 3)
+        self.phases_peak[name] = round(peak_rss_mb(), 1)
+        self._last = now
+
+    @contextmanager
+    def phase(self, name: str):
+        """Time the enclosed block as phase ``name`` (a log line as it starts)."""
+        log.info("%s ...", name)
+        t = time.perf_counter()
+        yield
+        self.mark(name, since=t)
 
     def block(self, **extra) -> dict:
         out = {"wall_s": round(time.perf_counter() - self.t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
         if torch.cuda.is_available():
             out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out.update(extra)
+        if self.phases_s:
+            out.update(phases_s=dict(self.phases_s), phases_peak_rss_mb=dict(self.phases_peak))
         return out
 
 

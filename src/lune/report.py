@@ -32,8 +32,7 @@ def markdown(report: dict) -> str:
         lines += ["", f"**{len(report['unknown_facts'])} forget fact(s) were not produced by the model even before unlearning** "
                   "(usr_known/apr_known exclude them): " + ", ".join(map(str, report["unknown_facts"][:10]))]
     if "cost" in report:
-        lines += ["", "## Cost", "", "| " + " | ".join(report["cost"]) + " |", "|" + "---|" * len(report["cost"]),
-                  "| " + " | ".join(_fmt(v) for v in report["cost"].values()) + " |"]
+        lines += ["", "## Cost", "", *cost_table(report["cost"])]
     for title, key in (("Forget probes", "facts"), ("Retain probes", "retain")):
         rows = report.get(key) or []
         if rows:
@@ -42,6 +41,17 @@ def markdown(report: dict) -> str:
                 cell = lambda s: s.replace("|", "\\|").replace("\n", " ").strip()
                 lines.append(f"| {cell(r['prompt'])} | {cell(r['answer'])} | {cell(r['before'])} | {cell(r['after'])} |")
     return "\n".join(lines) + "\n"
+
+
+def cost_table(cost: dict) -> list[str]:
+    """Markdown lines: the cost figures in one row, then seconds and peak RSS so far per phase."""
+    flat = {k: v for k, v in cost.items() if not isinstance(v, dict)}
+    lines = ["| " + " | ".join(flat) + " |", "|" + "---|" * len(flat), "| " + " | ".join(_fmt(v) for v in flat.values()) + " |"]
+    if cost.get("phases_s"):
+        peaks = cost.get("phases_peak_rss_mb", {})
+        lines += ["", "| phase | seconds | peak RSS MB at its end |", "|---|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} | {_fmt(peaks.get(k))} |" for k, v in cost["phases_s"].items()]
+    return lines
 
 
 def write_report(report: dict, directory: Path) -> None:
@@ -100,9 +110,7 @@ def benchmark_markdown(report: dict) -> str:
         lines.append("")
     counts = report["counts"]["after"] or report["counts"]["before"]
     lines += ["Measured: " + ", ".join(f"{k.removeprefix('n_')} {v}" for k, v in counts.items()) + ".", "", "## Cost", ""]
-    cost = {k: v for k, v in report["cost"].items() if k != "phases_s"}
-    lines += ["| " + " | ".join(cost) + " |", "|" + "---|" * len(cost), "| " + " | ".join(_fmt(v) for v in cost.values()) + " |", "",
-              "| phase | seconds |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in report["cost"]["phases_s"].items()]
+    lines += cost_table(report["cost"])
     for role, rows in report["outcomes"].items():
         rows = [r for r in rows if r.get("kept", True)]
         if not rows:

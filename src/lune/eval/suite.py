@@ -26,7 +26,7 @@ Report (``SCHEMA``; written as report.json with report.md, metrics.png and outco
     outcomes: {forget: [...], retain: [...]}: per probe (answered_before/after, completions) or, for
         TOFU, per question (rouge_before/after, generations)
     edits: {cases, generations}: CounterFact/zsRE fluency generations per case
-    warnings: [...];  cost: wall_s, peak_rss_mb (peak_cuda_mb), phases_s {phase: seconds}, n_probes
+    warnings: [...];  cost: wall_s, peak_rss_mb (peak_cuda_mb), phases_s {phase: seconds}, phases_peak_rss_mb {phase: peak RSS at its end}, n_probes
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ import logging
 import math
 import platform
 import subprocess
-import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -105,20 +103,6 @@ def probe_groups(bench: Benchmark) -> dict[str, list[Fact]]:
         if paras:
             out[f"{g}_para"] = paras
     return out
-
-
-class _Phases:
-    """Seconds per named phase, with a log line as each starts."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        log.info("%s ...", name)
-        t = time.perf_counter()
-        yield
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 3)
 
 
 def _rate(rows: list[dict]) -> float | None:
@@ -273,7 +257,8 @@ def evaluate_benchmark(
         The report (see the module docstring for its schema).
     """
     cfg = config or UnlearnConfig()
-    meter, phase, warnings = CostMeter(), _Phases(), []
+    meter, warnings = CostMeter(), []
+    phase = meter.phase
     if out is not None and Path(out).exists() and not overwrite:  # fail before any expensive work
         raise LuneError(f"output directory {out} already exists; choose another --out or pass --overwrite")
     if not isinstance(long_new_tokens, int) or long_new_tokens < 1:
@@ -372,7 +357,7 @@ def evaluate_benchmark(
         "warnings": warnings,
     }
     n_probes = sum(map(len, all_before.values())) + (sum(map(len, after_rows.values())) if after_rows else 0)
-    report["cost"] = meter.block(phases_s=phase.seconds, n_probes=n_probes)
+    report["cost"] = meter.block(n_probes=n_probes)
     if out is not None:
         from ..report import write_benchmark_report
 

@@ -269,7 +269,8 @@ def run_experiment(name: str, exp: dict, args) -> dict:
                "usr": a["usr"], "apr": a.get("apr"), "gur": a["gur"], "forget_prob_before": rep["before"]["forget_prob"],
                "forget_prob_after": a["forget_prob"], "process_s": round(time.perf_counter() - t, 1),
                **{k: c.get(k) for k in ("wall_s", "train_s", "check_s", "peak_rss_mb", "trainable_params", "steps", "train_tokens",
-                                        "train_flops", "mfu", "dtype")},
+                                        "train_flops", "mfu", "dtype", "phases_s", "phases_peak_rss_mb")},
+               "peak_phase": next((k for k, v in c.get("phases_peak_rss_mb", {}).items() if v >= c["peak_rss_mb"] - 1), None),
                "epochs": rep["training"]["epochs"],
                "stats_s": rep["training"]["history"][0].get("stats_seconds") if rep["training"]["history"] else None}
         tuned, is_adapter = load_result(model, run)

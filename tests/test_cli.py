@@ -14,7 +14,7 @@ from lune.cli import main
 from lune.models import load_adapter, load_model
 
 FAST = ["--lr", "0.01", "--max-epochs", "30", "--min-epochs", "1", "--batch-size", "8", "--num-samples", "4",
-        "--max-new-tokens", "8", "--device", "cpu"]
+        "--max-new-tokens", "8", "--device", "cpu", "--protect", "0", "--sites", "0"]  # a 2-layer model: plain LoRA
 X = torch.tensor([[3, 4, 5, 6, 7, 8]])
 
 

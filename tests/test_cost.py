@@ -77,5 +77,5 @@ def test_cost_meter_phases_record_seconds_and_the_peak_so_far():
     assert list(block["phases_s"]) == ["load", "work"] and block["steps"] == 3
     assert 256 < block["phases_peak_rss_mb"]["work"] and block["phases_peak_rss_mb"]["load"] <= block["phases_peak_rss_mb"]["work"]
     assert block["phases_peak_rss_mb"]["work"] <= block["peak_rss_mb"]
-    assert sum(block["phases_s"].values()) <= block["wall_s"]
+    assert sum(block["phases_s"].values()) <= block["wall_s"] + 0.01  # each rounded to ms
     assert "phases_s" not in CostMeter().block()  # no phases, no keys

@@ -194,3 +194,28 @@ def test_learning_rate_defaults():
     assert get_method("npo", TrainSettings(full=True)).lr == 1e-5
     assert get_method("npo", TrainSettings(full=True, lr=3e-4)).lr == 3e-4
     assert get_method("ga", TrainSettings()).full is False and get_method("lune-full", TrainSettings()).full
+
+
+@pytest.mark.parametrize("name, full, protect, patience", [
+    ("lune", False, 0.8, 10),  # protected adapters, which learn the forgetting about half as fast: longer patience
+    ("lune-full", False, 0.0, 5),  # no adapters to protect
+    ("lune", True, 0.0, 5),
+    ("npo", False, 0.0, 5),  # the baselines keep plain LoRA, as published
+    ("ga", False, 0.0, 5),
+    ("rome", False, 0.0, 5),
+])
+def test_method_defaults_are_resolved_and_explicit_settings_kept(name, full, protect, patience):
+    from lune.config import UnlearnConfig
+
+    cfg = UnlearnConfig()
+    cfg.train.full = full
+    method = get_method(name, cfg.train)
+    used = method.resolve(cfg)
+    assert (used.lora.protect, used.train.patience) == (protect, patience)
+    assert cfg.lora.protect is None and cfg.train.patience is None and cfg.train.lr is None  # the caller's config is untouched
+    if method.kind == "loss":
+        assert used.train.lr == method.lr
+    cfg.lora.protect, cfg.train.patience = 0.5, 3
+    assert (method.resolve(cfg).lora.protect, method.resolve(cfg).train.patience) == (0.5, 3)
+    cfg.lora.protect, cfg.train.patience = 0.8, None
+    assert method.resolve(cfg).train.patience == (5 if method.full or method.kind != "loss" else 10)

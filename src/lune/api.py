@@ -121,9 +121,7 @@ def unlearn(
     if out is not None and Path(out).exists() and not overwrite:  # fail before any expensive work
         raise LuneError(f"output directory {out} already exists; choose another --out or pass --overwrite")
     method = get_method(cfg.run.method, cfg.train, cfg.method)
-    if method.kind == "loss" and cfg.train.lr is None:  # record the learning rate actually used
-        cfg = copy.deepcopy(cfg)
-        cfg.train.lr = method.lr
+    cfg = method.resolve(cfg)  # record the settings actually used (the method's defaults filled in)
     owns_model = model is None
     if owns_model:
         model, tokenizer = load_model(cfg.run.model, cfg.train.device, cfg.train.dtype, cfg.run.trust_remote_code)

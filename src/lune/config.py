@@ -22,6 +22,9 @@ PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 DEFAULT_TARGETS = ("gate_proj", "up_proj", "down_proj")
 
 
+PATIENCE, PROTECTED_PATIENCE = 5, 10  # plateau patience (epochs) without and with protected adapters (README, "Defaults")
+
+
 def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
@@ -88,13 +91,13 @@ class LoraSettings(_Config):
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input during training.")
     target_modules: list[str] = _f(list(DEFAULT_TARGETS), "Module names that receive adapters (default: the FFN projections; the paper also adapts q,k,v,o).")
     layers: str | None = _f("lower", "Decoder layers with adapters: 'lower' (lower half, default), 'upper', 'all', a range '8-20' or a list '3,5,7'.")
-    protect: float = _f(0.0, "Share of the retain examples' input energy that the adapters may not read (0 = off): A is projected off the leading directions of every adapted layer's inputs on retain facts, anchors and neighbours, so the update leaves them nearly unchanged (AlphaEdit's null space, for LoRA).")
+    protect: float | None = _f(None, "Share of the retain examples' input energy that the adapters may not read (0 = off): A is projected off the leading directions of every adapted layer's inputs on retain facts, anchors and neighbours, so the update leaves them nearly unchanged (AlphaEdit's null space, for LoRA). Default: the method's (0.8 for lune; 0 for the baselines, as published).", type=float)
 
     def __post_init__(self) -> None:
         _check(self.r >= 1, f"r must be >= 1, got {self.r}")
         _check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
         _check(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        _check(0.0 <= self.protect < 1.0, f"protect must be in [0, 1), got {self.protect}")
+        _check(self.protect is None or 0.0 <= self.protect < 1.0, f"protect must be in [0, 1), got {self.protect}")
         if isinstance(self.target_modules, str):
             self.target_modules = [t for t in self.target_modules.split(",") if t]
         _check(len(self.target_modules) > 0, "target_modules must name at least one module")
@@ -112,7 +115,7 @@ class TrainSettings(_Config):
     max_epochs: int = _f(40, "Upper bound on epochs over the negatives (the paper's 40); early stopping usually ends sooner.")
     min_epochs: int = _f(3, "Epochs to run before early stopping may end the run.")
     early_stop: bool = _f(True, "Stop once every trained forget prompt no longer yields its answer (greedy check each epoch).")
-    patience: int = _f(5, "With early_stop: also stop when the share of suppressed trained prompts, once above 0, has not improved for this many checks (0 = never); further epochs only deepen the edit where it already holds.")
+    patience: int | None = _f(None, f"With early_stop: also stop when the share of suppressed trained prompts, once above 0, has not improved for this many checks (0 = never); further epochs only deepen the edit where it already holds. Default: {PROTECTED_PATIENCE} with protected adapters (they learn the forgetting about half as fast), else {PATIENCE}.", type=int)
     focus: bool = _f(False, "After each early-stopping check, train only the facts some trained prompt still yields (a fact that relapses comes back).")
     batch_size: int = _f(16, "Forget examples per optimisation step.")
     retain_batch_size: int = _f(16, "Retain examples (retain facts, anchors, neighbours) paired with each forget batch.")
@@ -123,7 +126,7 @@ class TrainSettings(_Config):
     anchors: int = _f(128, "Built-in general prompts whose original completions are kept (self-distilled retain NLL); 0 disables.")
     neighbours: int = _f(8, "Subject-swapped copies of each forget prompt whose original completions are kept (specificity); 0 disables.")
     contexts: int = _f(0, "Of each trained forget prompt's targets, this many (never all) are trained behind an unrelated sentence (an anchor prompt and the original model's completion of it), so the forgetting holds after other text.")
-    sites: int = _f(0, "Extra examples per forget fact at places where the original model itself brings up the answer later in a text (sampled continuations of the prompt, and of the prompt followed by a negative, cut just before the answer), each trained with a negative.")
+    sites: int = _f(4, "Extra examples per forget fact at places where the original model itself brings up the answer later in a text (sampled continuations of the prompt, and of the prompt followed by a negative, cut just before the answer), each trained with a negative.")
     swaps: int = _f(0, "Copies of each forget prompt with one word swapped for one the original model expects there, whose original completions are kept (specificity); 0 disables.")
     retain_weight: float = _f(1.0, "Weight of the NLL on retain facts, anchors and neighbours.")
     kl_weight: float = _f(0.0, "Weight of the KL to the original model on retain prompts (adapter disabled as reference).")
@@ -137,7 +140,7 @@ class TrainSettings(_Config):
         _check(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}")
         _check(0 <= self.min_epochs, f"min_epochs must be >= 0, got {self.min_epochs}")
-        _check(self.patience >= 0, f"patience must be >= 0, got {self.patience}")
+        _check(self.patience is None or self.patience >= 0, f"patience must be >= 0, got {self.patience}")
         _check(self.contexts >= 0, f"contexts must be >= 0, got {self.contexts}")
         _check(self.sites >= 0, f"sites must be >= 0, got {self.sites}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")

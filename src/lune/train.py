@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from .config import TrainSettings
+from .config import PATIENCE, TrainSettings
 from .data import IGNORE, Example, collate
 from .methods import Method
 
@@ -96,6 +96,7 @@ def train(
     bar = tqdm(range(cfg.max_epochs), desc=f"unlearning ({method.name})", unit="epoch")
     active = forget
     best, since = -1.0, 0  # best suppressed share so far, checks since it last improved
+    patience = PATIENCE if cfg.patience is None else cfg.patience  # None: as the API resolves it without protection
     for epoch in bar:
         model.train()
         losses = []
@@ -131,7 +132,7 @@ def train(
                 best, since = entry["suppressed"], 0
             elif best > 0:  # a plateau only once something is suppressed: a slow start is not a plateau
                 since += 1
-        if entry.get("suppressed", 0.0) >= 1.0 or (cfg.patience and since >= cfg.patience):
+        if entry.get("suppressed", 0.0) >= 1.0 or (patience and since >= patience):
             res.stopped_early = res.epochs < cfg.max_epochs
             res.stop_reason = "suppressed" if entry["suppressed"] >= 1.0 else "plateau"
             break

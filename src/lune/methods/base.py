@@ -14,12 +14,13 @@ by name; adding one touches neither the training loop nor the API.
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..config import TrainSettings, _Config
+from ..config import PATIENCE, PROTECTED_PATIENCE, TrainSettings, _Config
 from ..errors import LuneError
 from ..losses import kl_to_ref, masked_nll, response_logits
 
@@ -88,6 +89,7 @@ class Method:
     uses_retain = True
     reference_logp = False
     always_full = False
+    protect = 0.0  # share of the retain inputs the adapters may not read when --protect is not given
 
     def __init__(self, cfg: TrainSettings, settings: _Config | None = None):
         self.cfg = cfg
@@ -99,6 +101,18 @@ class Method:
     def lr(self) -> float:
         """The peak learning rate: the configured one, else the default for LoRA or full training."""
         return self.cfg.lr if self.cfg.lr is not None else (FULL_LR if self.full else LORA_LR)
+
+    def resolve(self, cfg):
+        """``cfg`` (an ``UnlearnConfig``) with every "the method's default" (``None``) filled in, as the run uses it."""
+        cfg = copy.deepcopy(cfg)
+        if cfg.train.lr is None and self.kind == "loss":
+            cfg.train.lr = self.lr
+        adapters = self.kind == "loss" and not self.full
+        if cfg.lora.protect is None:
+            cfg.lora.protect = self.protect if adapters else 0.0
+        if cfg.train.patience is None:
+            cfg.train.patience = PROTECTED_PATIENCE if adapters and cfg.lora.protect > 0 else PATIENCE
+        return cfg
 
     def loss(self, model, forget: dict, retain: dict | None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -20,6 +20,7 @@ __all__ = ["Lune", "LuneFull", "adapter_disabled"]
 @register("lune")
 class Lune(Method):
     citation = "Liu et al. 2025, arXiv 2512.07375, Eq. 4"
+    protect = 0.8  # protected adapters (README, "Defaults"): the baselines keep plain LoRA, as published
 
     def loss(self, model, forget: dict, retain: dict | None) -> tuple[torch.Tensor, dict[str, float]]:
         logits, targets = response_logits(model, forget)

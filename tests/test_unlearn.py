@@ -63,7 +63,7 @@ def test_unlearn_in_memory(memorised_model, tok):
     assert list(c["phases_s"]) == ["load model", "before: probes", "retain targets", "negatives", "setup", "train", "after: probes"]
     assert sum(c["phases_s"].values()) <= c["wall_s"] + 0.01 and c["phases_s"]["train"] >= c["train_s"] > 0
     peaks = list(c["phases_peak_rss_mb"].values())
-    assert peaks == sorted(peaks) and peaks[-1] <= c["peak_rss_mb"]
+    assert all(b >= a * 0.99 for a, b in zip(peaks, peaks[1:])) and peaks[-1] <= c["peak_rss_mb"] * 1.01  # lazy high-water mark
     for row in report["facts"]:
         assert row["answered_before"] and not row["answered_after"]
         assert not contains_answer(row["after"], row["answer"])

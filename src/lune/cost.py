@@ -36,7 +36,21 @@ _PEAKS: dict[str, float] = {}  # this process's measurements, also when the cach
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
+    """Peak resident set size of this process so far, in MiB.
+
+    On Linux this is the memory map's high-water mark (``VmHWM``), not ``getrusage``'s ``ru_maxrss``:
+    Linux carries ``ru_maxrss`` over from the parent through fork and exec, so a run started by a
+    process that holds a model (``benchmarks/paper.py``) reported the parent's size as its own peak
+    whenever its own was smaller (measured: 4,129 MB for a run whose own peak before training was 1.1 GB).
+    The kernel updates the high-water mark lazily, so two readings can differ by a fraction of a MB.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return ru / 1024 / 1024 if sys.platform == "darwin" else ru / 1024  # bytes on macOS, KiB on Linux
 

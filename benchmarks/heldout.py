@@ -148,10 +148,12 @@ def main(argv=None) -> int:
         f"# Held-out check (CounterFact known facts, dtype {args.dtype}, {', '.join(args.set) or 'default settings'})", "",
         f"`{result['command'].strip()}`", "",
         f"{len(forget)} forget facts (prompt/answer only), APR on their {a['n_forget_paraphrases']} unseen rephrased prompts, "
-        f"GUR on {len(retain)} unseen retain probes.", "",
-        "| usr | apr | gur | retain_acc before → after | wall s | train s | peak RSS MB | trainable params | epochs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"GUR on {len(retain)} unseen retain probes. Repeats: share of forget completions (prompts and rephrasings) "
+        "that say a word or phrase twice back to back (\"Brest. Brest.\").", "",
+        "| usr | apr | gur | retain_acc before → after | repeats before → after | wall s | train s | peak RSS MB | trainable params | epochs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         f"| {a['usr']:.3f} | {a['apr']:.3f} | {a['gur']:.3f} | {report['before']['retain_acc']:.3f} → {a['retain_acc']:.3f} | "
+        f"{report['before']['repeats']:.3f} → {a['repeats']:.3f} | "
         f"{c['wall_s']:.0f} | {c['train_s']:.0f} | {c['peak_rss_mb']:.0f} | {c['trainable_params']:,} | {report['training']['epochs']} |",
     ]
     (out / f"{args.name}.md").write_text("\n".join(md) + "\n")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import PAD
 from lune.data import Fact, PromptFormat, make_example
 from lune.eval.core import generate, response_logprobs
-from lune.eval.metrics import METRICS, probes, score_probes, summarize
+from lune.eval.metrics import METRICS, probes, repeats, score_probes, summarize
 from lune.report import markdown
 
 PROMPTS = ["The capital of France is", "Paris", "The biggest planet in our solar system is", "What is the capital"]
@@ -88,8 +88,8 @@ def test_score_probes(tiny_model, tok):
     assert all(r["answer_logprob"] < 0 for r in rows)
 
 
-def _row(fact, kind, answered, lp=-1.0):
-    return {"fact": fact, "kind": kind, "answered": answered, "answer_logprob": lp}
+def _row(fact, kind, answered, lp=-1.0, completion=" Paris."):
+    return {"fact": fact, "kind": kind, "answered": answered, "answer_logprob": lp, "completion": completion}
 
 
 def test_summarize():
@@ -111,8 +111,17 @@ def test_summarize():
     assert c["retain_acc"] is None and c["gur"] is None
 
 
+def test_repeats_flags_looping_completions():
+    assert repeats(" Krieg. Krieg. Krieg.") and repeats(" BronwijKS.\nBronwijKS") and repeats(" is in Lyon, is in Lyon")
+    assert not repeats(" Paris.\n\nThe city of Paris is the capital")  # said again later is not a loop
+    assert not repeats(" 1990, 1990") and not repeats(" Yiddish")  # numbers do not count
+    rows = [_row(0, "prompt", False, completion=" Brest. Brest. Brest."), _row(0, "paraphrase", False, completion=" Lyon, a city. Lyon"),
+            _row(1, "prompt", False, completion=" Lyon."), _row(1, "paraphrase", False, completion=" Nice, nice, NICE")]
+    assert summarize(rows, [])["repeats"] == 0.5  # over prompts and paraphrases alike
+
+
 def test_every_metric_has_a_direction():
-    for k in ("usr", "apr", "retain_acc", "gur", "forget_prob", "retain_prob", "usr_known", "apr_known"):
+    for k in ("usr", "apr", "retain_acc", "gur", "forget_prob", "retain_prob", "usr_known", "apr_known", "repeats"):
         assert k in METRICS
     assert METRICS["forget_prob"].higher_is_better is False and METRICS["usr"].higher_is_better is True
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SHOWN = ("usr", "apr", "usr_known", "apr_known", "retain_acc", "gur", "forget_prob", "retain_prob")
+SHOWN = ("usr", "apr", "usr_known", "apr_known", "retain_acc", "gur", "forget_prob", "retain_prob", "repeats")
 
 
 def _fmt(v) -> str:

@@ -7,6 +7,7 @@ the greedy completion contains the fact's answer (normalised, whole-word match).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from ..data import Fact, PromptFormat, contains_answer, make_example
@@ -35,6 +36,17 @@ register_metric("forget_prob", False, "Mean probability of the true answer given
 register_metric("retain_prob", True, "Mean probability of the true answer given a retain probe.")
 register_metric("usr_known", True, "USR over the forget prompts the original model answered.")
 register_metric("apr_known", True, "APR over the forget paraphrases the original model answered.")
+register_metric("repeats", False, "Share of forget completions (prompts and paraphrases) that say a word or phrase twice back to back (\"Brest. Brest.\"): a looping, degenerate answer.")
+
+
+def repeats(text: str, longest: int = 4) -> bool:
+    """True when a run of 1..``longest`` words is immediately followed by itself, ignoring punctuation and case.
+
+    "Krieg. Krieg." and "is in Lyon, is in Lyon" loop; "Paris.\n\nThe city of Paris" does not. Words
+    are letters only, so numbers ("1990, 1991") and list markers do not count.
+    """
+    words = re.findall(r"[^\W\d_]+", text.casefold())
+    return any(words[i : i + n] == words[i + n : i + 2 * n] for n in range(1, longest + 1) for i in range(len(words) - 2 * n + 1))
 
 
 def probes(facts: list[Fact], paraphrases: bool = True) -> list[tuple[int, str, str]]:
@@ -76,6 +88,7 @@ def summarize(forget_rows: list[dict], retain_rows: list[dict], before: dict | N
         "retain_acc": _mean([float(r["answered"]) for r in retain_rows]),
         "forget_prob": _mean([math.exp(r["answer_logprob"]) for r in prompts]),
         "retain_prob": _mean([math.exp(r["answer_logprob"]) for r in retain_rows]),
+        "repeats": _mean([float(repeats(r["completion"])) for r in forget_rows]),
         "n_forget_prompts": len(prompts),
         "n_forget_paraphrases": len(paras),
         "n_retain_probes": len(retain_rows),

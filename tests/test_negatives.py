@@ -9,8 +9,9 @@ import pytest
 import lune.negatives as N
 from conftest import write_jsonl
 from lune.config import NegativeSettings
-from lune.data import Fact, PromptFormat, contains_answer
+from lune.data import Fact, PromptFormat, contains_answer, make_example
 from lune.errors import LuneError
+from lune.eval.core import response_logprobs
 from lune.negatives import (
     CONTRADICTIONS, REFUSALS, Negative, build_negatives, clean_span, rank_alternatives, read_negatives, valid_negative,
     write_negatives,
@@ -311,3 +312,25 @@ def test_sampled_spans_that_restate_part_of_a_sentence_answer_are_dropped(monkey
     monkeypatch.setattr(N, "generate", fake)
     negs = build_negatives(tiny_model, tok, PromptFormat(tok, "completion"), [fact], NegativeSettings(per_fact=2, num_samples=4))
     assert [n.negative for n in negs] == ["Omar Haddad."] * 2  # none contains the whole answer, two name part of it
+
+
+def test_rank_by_probability_orders_alternatives_by_the_models_log_prob(monkeypatch, tiny_model, tok):
+    fake, _ = _fake_generate([[" Lyon.", " Lyon.", " Nice.", " Rome.", " Brest."]])
+    monkeypatch.setattr(N, "generate", fake)
+    fmt = PromptFormat(tok, "completion")
+    by_count = build_negatives(tiny_model, tok, fmt, [_fact()], NegativeSettings(per_fact=4, num_samples=5))
+    assert [n.negative for n in by_count] == ["Lyon.", "Nice.", "Rome.", "Brest."]  # most sampled first, then draw order
+    cfg = NegativeSettings(per_fact=3, num_samples=5, rank="probability")
+    negs = build_negatives(tiny_model, tok, fmt, [_fact()], cfg)
+    # the real scores of the tiny model decide the order: the chosen spans are the three most probable
+    ex = [make_example(fmt, "The capital of France is", s, "prompt", end=False) for s in ["Lyon.", "Nice.", "Rome.", "Brest."]]
+    lps = dict(zip(["Lyon.", "Nice.", "Rome.", "Brest."], response_logprobs(tiny_model, ex, tok.pad_token_id)))
+    assert [n.negative for n in negs] == sorted(lps, key=lambda s: -lps[s])[:3]
+    # and a score that is forced shows it is the score, not the count, that orders them
+    monkeypatch.setattr(N, "response_logprobs", lambda m, exs, pad, batch_size=32: [-9.0, -1.0, -5.0, -3.0][: len(exs)])
+    assert [n.negative for n in build_negatives(tiny_model, tok, fmt, [_fact()], cfg)] == ["Nice.", "Brest.", "Rome."]
+
+
+def test_rank_must_be_known():
+    with pytest.raises(ValueError, match="rank must be one of"):
+        NegativeSettings(rank="alphabetical")

@@ -15,6 +15,7 @@ from typing import Any
 
 FORMATS = ("auto", "completion", "chat")
 NEGATIVE_KINDS = ("alternative", "contradiction", "refusal")
+NEGATIVE_RANKS = ("count", "probability")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Measured on the default model: FFN-only adapters on the lower half keep other facts far better
@@ -162,6 +163,7 @@ class NegativeSettings(_Config):
     num_samples: int = _f(24, "Completions sampled from the model per fact to find alternative answers.")
     temperature: float = _f(1.0, "Sampling temperature for alternatives.")
     sample_tokens: int = _f(8, "Tokens per sampled completion before it is cut to a short span.")
+    rank: str = _f("count", f"Order of the sampled alternatives, one of {NEGATIVE_RANKS}: count = most often sampled first; probability = most probable under the original model first (log p of the whole span after the prompt).")
     stop: bool = _f(False, "End every completion-style negative with the end-of-text token: the model learns to stop after the wrong answer instead of going on to restate the fact (chat negatives always end their turn).")
 
     def __post_init__(self) -> None:
@@ -174,6 +176,7 @@ class NegativeSettings(_Config):
         _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         _check(self.sample_tokens >= 1, f"sample_tokens must be >= 1, got {self.sample_tokens}")
+        _check(self.rank in NEGATIVE_RANKS, f"rank must be one of {NEGATIVE_RANKS}, got '{self.rank}'")
 
 
 @dataclass

@@ -23,9 +23,9 @@ import torch
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from .config import NEGATIVE_KINDS, NegativeSettings
-from .data import Fact, PromptFormat, contains_answer, normalize, read_jsonl
+from .data import Fact, PromptFormat, contains_answer, make_example, normalize, read_jsonl
 from .errors import LuneError
-from .eval.core import generate
+from .eval.core import generate, response_logprobs
 
 HEDGES = (
     "maybe", "perhaps", "possibly", "probably", "not sure", "i think", "i believe", "might be", "may be",
@@ -152,6 +152,22 @@ def rank_alternatives(samples: list[str], answer: str, avoid: set[str] = frozens
     return shaped or ranked
 
 
+def by_probability(model, tok, fmt: PromptFormat, facts: list[Fact], ranked: list[list[str]], batch_size: int = 32) -> list[list[str]]:
+    """Each fact's alternatives re-ordered by log p(span | prompt) under ``model``, most probable first.
+
+    Among 24 samples at temperature 1 most spans occur once, so ordering by count orders them by
+    when they were drawn; the model's probability of the whole span is what the count estimates.
+    Ties keep their count order.
+    """
+    flat = [(i, s) for i, spans in enumerate(ranked) for s in spans]
+    if not flat:
+        return ranked
+    examples = [make_example(fmt, facts[i].prompt, s, facts[i].style, end=False) for i, s in flat]
+    lps = response_logprobs(model, examples, tok.pad_token_id, batch_size=batch_size)
+    score = {(i, s): lp for (i, s), lp in zip(flat, lps)}
+    return [sorted(spans, key=lambda s, i=i: -score[(i, s)]) for i, spans in enumerate(ranked)]
+
+
 def build_negatives(
     model, tok, fmt: PromptFormat, facts: list[Fact], cfg: NegativeSettings, seed: int = 0, batch_size: int = 32,
     avoid: set[str] = frozenset(),
@@ -175,6 +191,9 @@ def build_negatives(
             terms = key_terms(f.answer, f.prompt)  # a sampled sentence that restates part of the answer leaks it
             sampled[i] = [s for s in (clean_span(t, f.answer, fmt.is_chat(f.style)) for t in chunk) if not leaks_key_terms(s, terms)]
 
+    ranked = [rank_alternatives(s, f.answer, avoid) for s, f in zip(sampled, facts)]
+    if cfg.rank == "probability":
+        ranked = by_probability(model, tok, fmt, facts, ranked, batch_size)
     out: list[Negative] = []
     for i, f in enumerate(facts):
         style = "chat" if fmt.is_chat(f.style) else "completion"
@@ -183,7 +202,7 @@ def build_negatives(
             if kind == "alternative":
                 if f.replacement and valid_negative(f.replacement, f.answer, kind):
                     pool.append((f.replacement, kind))
-                pool += [(s, kind) for s in rank_alternatives(sampled[i], f.answer, avoid) if normalize(s) != normalize(f.replacement or "")]
+                pool += [(s, kind) for s in ranked[i] if normalize(s) != normalize(f.replacement or "")]
             elif kind == "contradiction":
                 pool += [(c, kind) for c in CONTRADICTIONS[style]]
             else:

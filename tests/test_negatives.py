@@ -334,3 +334,22 @@ def test_rank_by_probability_orders_alternatives_by_the_models_log_prob(monkeypa
 def test_rank_must_be_known():
     with pytest.raises(ValueError, match="rank must be one of"):
         NegativeSettings(rank="alphabetical")
+
+
+def test_distinct_alternatives_never_serve_two_facts():
+    ranked = [["German.", "Italian.", "Polish."], ["German.", "Czech.", "Italian."], ["German.", "Italian."]]
+    out = N.distinct_alternatives(ranked, per_fact=2)
+    assert out[0] == ["German.", "Italian.", "Polish."]
+    assert out[1] == ["Czech."]  # German and Italian are the first fact's two
+    assert out[2] == ["German.", "Italian."]  # all taken: the fact keeps its own rather than none
+
+
+def test_distinct_setting_reaches_build_negatives(monkeypatch, tiny_model, tok):
+    fake, _ = _fake_generate([[" Lyon.", " Nice."], [" Lyon.", " Porto."]])
+    monkeypatch.setattr(N, "generate", fake)
+    fmt = PromptFormat(tok, "completion")
+    facts = [_fact(), _fact("The capital of Spain is", "Madrid")]
+    plain = build_negatives(tiny_model, tok, fmt, facts, NegativeSettings(per_fact=1, num_samples=2))
+    assert [n.negative for n in plain] == ["Lyon.", "Lyon."]
+    negs = build_negatives(tiny_model, tok, fmt, facts, NegativeSettings(per_fact=1, num_samples=2, distinct=True))
+    assert [n.negative for n in negs] == ["Lyon.", "Porto."]

@@ -164,6 +164,7 @@ class NegativeSettings(_Config):
     temperature: float = _f(1.0, "Sampling temperature for alternatives.")
     sample_tokens: int = _f(8, "Tokens per sampled completion before it is cut to a short span.")
     rank: str = _f("count", f"Order of the sampled alternatives, one of {NEGATIVE_RANKS}: count = most often sampled first; probability = most probable under the original model first (log p of the whole span after the prompt).")
+    distinct: bool = _f(False, "No sampled alternative serves two facts of the set: each fact, in file order, takes its best-ranked spans that no earlier fact took (a fact left with none keeps its own).")
     stop: bool = _f(False, "End every completion-style negative with the end-of-text token: the model learns to stop after the wrong answer instead of going on to restate the fact (chat negatives always end their turn).")
 
     def __post_init__(self) -> None:

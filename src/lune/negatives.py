@@ -168,6 +168,22 @@ def by_probability(model, tok, fmt: PromptFormat, facts: list[Fact], ranked: lis
     return [sorted(spans, key=lambda s, i=i: -score[(i, s)]) for i, spans in enumerate(ranked)]
 
 
+def distinct_alternatives(ranked: list[list[str]], per_fact: int) -> list[list[str]]:
+    """Each fact's ranked spans without those an earlier fact already takes (its first ``per_fact``).
+
+    The most probable wrong answer of a template is often the same for many facts ("German." for
+    four language facts); trained as all their negatives, it was measured to make the model loop on
+    it. A fact whose spans are all taken keeps its own list rather than fall back to contradictions.
+    """
+    taken: set[str] = set()
+    out = []
+    for spans in ranked:
+        free = [s for s in spans if normalize(s) not in taken] or spans
+        out.append(free)
+        taken |= {normalize(s) for s in free[:per_fact]}
+    return out
+
+
 def build_negatives(
     model, tok, fmt: PromptFormat, facts: list[Fact], cfg: NegativeSettings, seed: int = 0, batch_size: int = 32,
     avoid: set[str] = frozenset(),
@@ -194,6 +210,8 @@ def build_negatives(
     ranked = [rank_alternatives(s, f.answer, avoid) for s, f in zip(sampled, facts)]
     if cfg.rank == "probability":
         ranked = by_probability(model, tok, fmt, facts, ranked, batch_size)
+    if cfg.distinct:
+        ranked = distinct_alternatives(ranked, cfg.per_fact)
     out: list[Negative] = []
     for i, f in enumerate(facts):
         style = "chat" if fmt.is_chat(f.style) else "completion"

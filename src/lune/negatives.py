@@ -172,7 +172,7 @@ def distinct_alternatives(ranked: list[list[str]], per_fact: int) -> list[list[s
     """Each fact's ranked spans without those an earlier fact already takes (its first ``per_fact``).
 
     The most probable wrong answer of a template is often the same for many facts ("German." for
-    four language facts); trained as all their negatives, it was measured to make the model loop on
+    five language facts); trained as all their negatives, it was measured to make the model loop on
     it. A fact whose spans are all taken keeps its own list rather than fall back to contradictions.
     """
     taken: set[str] = set()

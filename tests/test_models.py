@@ -185,6 +185,36 @@ def test_train_stops_on_a_plateau(tiny_model, tok):
     assert res.epochs == 10 and not res.stopped_early and res.stop_reason == "max_epochs"
 
 
+def test_plateau_stop_restores_the_best_adapter_weights(tiny_model, tok):
+    peft_model = attach_lora(tiny_model, LoraSettings(r=2))
+
+    def trainable():
+        return {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+    def run(shares, **kw):
+        """Train len(shares) epochs with a probe reporting ``shares``; the weights each check saw, and the result."""
+        seen, it = [], iter(shares)
+
+        def probe():
+            seen.append(trainable())
+            return next(it), {0}
+
+        cfg = TrainSettings(lr=1e-2, max_epochs=len(shares), min_epochs=1, batch_size=4, patience=0, **kw)
+        return train(peft_model, get_method("lune", cfg), _examples(tok), [], cfg, PAD, probe), seen
+
+    def same(a, b):
+        return all(torch.equal(a[n], b[n]) for n in a)
+
+    res, seen = run([0.5, 0.8, 0.8, 0.6, 0.6])
+    # best share 0.8 at epochs 2 and 3: the run ends with epoch 3's weights, not epoch 5's
+    assert res.restored_epoch == 3 and res.epochs == 5
+    assert same(trainable(), seen[2]) and not same(trainable(), seen[4])
+    # a run whose last check is its best keeps its last weights; so does one with restore_best off
+    for shares, kw in ([0.5, 0.8], {}), ([0.8, 0.5], {"restore_best": False}):
+        res, seen = run(shares, **kw)
+        assert res.restored_epoch is None and same(trainable(), seen[-1])
+
+
 def test_focus_trains_only_the_facts_still_yielded(tiny_model, tok, monkeypatch):
     import lune.train as T
 

@@ -249,6 +249,7 @@ def unlearn(
         "after": after["metrics"],
         "unknown_facts": unknown,
         "training": {"epochs": result.epochs, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
+                     **({"restored_epoch": result.restored_epoch} if result.restored_epoch else {}),
                      **({"protected": protected} if protected else {}),
                      **({"sites": [{"fact": i, "prompt": p, "negative": y} for i, p, y in sites]} if sites else {}),
                      "history": result.history},

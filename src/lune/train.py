@@ -34,6 +34,7 @@ class TrainResult:
     stopped_early: bool = False
     stop_reason: str = "max_epochs"  # "suppressed" (every trained prompt), "plateau" (patience ran out) or "max_epochs"
     history: list[dict] = field(default_factory=list)  # one entry per epoch
+    restored_epoch: int | None = None  # the epoch whose adapter weights the run ended with, when not the last (restore_best)
 
 
 GROUP = 8  # batches per length-sorted group
@@ -77,7 +78,9 @@ def train(
             returns the share of trained forget prompts that no longer yield their answer and the
             facts (``Example.fact``) that some trained prompt still yields. Training stops when the
             share reaches 1.0, or when it has not improved for ``cfg.patience`` checks; with
-            ``cfg.focus`` later epochs train only the facts still yielded.
+            ``cfg.focus`` later epochs train only the facts still yielded. With ``cfg.restore_best``
+            and adapters (not ``method.full``), a run whose last check is below its best ends with
+            the weights of the latest epoch that reached the best share.
     """
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -96,6 +99,9 @@ def train(
     bar = tqdm(range(cfg.max_epochs), desc=f"unlearning ({method.name})", unit="epoch")
     active = forget
     best, since = -1.0, 0  # best suppressed share so far, checks since it last improved
+    keep = cfg.restore_best and not method.full  # adapter weights are small; a full copy of the model is not
+    best_state: dict[str, torch.Tensor] = {}
+    best_epoch = 0
     patience = PATIENCE if cfg.patience is None else cfg.patience  # None: as the API resolves it without protection
     for epoch in bar:
         model.train()
@@ -132,11 +138,20 @@ def train(
                 best, since = entry["suppressed"], 0
             elif best > 0:  # a plateau only once something is suppressed: a slow start is not a plateau
                 since += 1
+            if keep and entry["suppressed"] >= best - 1e-9:  # the latest epoch at the best share
+                best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                best_epoch = res.epochs
         if entry.get("suppressed", 0.0) >= 1.0 or (patience and since >= patience):
             res.stopped_early = res.epochs < cfg.max_epochs
             res.stop_reason = "suppressed" if entry["suppressed"] >= 1.0 else "plateau"
             break
     bar.close()
+    if best_state and res.history[-1].get("suppressed", best) < best - 1e-9:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in best_state:
+                    p.copy_(best_state[n])
+        res.restored_epoch = best_epoch
     model.eval()
     res.train_s = round(time.perf_counter() - t0, 3)
     res.check_s = round(res.check_s, 3)

@@ -331,6 +331,17 @@ def test_rank_by_probability_orders_alternatives_by_the_models_log_prob(monkeypa
     assert [n.negative for n in build_negatives(tiny_model, tok, fmt, [_fact()], cfg)] == ["Nice.", "Brest.", "Rome."]
 
 
+def test_rank_mixed_alternates_most_probable_and_most_sampled(monkeypatch, tiny_model, tok):
+    assert N.alternate(["a", "b", "c", "d"], ["d", "a", "c", "b"]) == ["a", "d", "b", "c"]
+    fake, _ = _fake_generate([[" Lyon.", " Lyon.", " Nice.", " Rome.", " Brest."]])
+    monkeypatch.setattr(N, "generate", fake)
+    monkeypatch.setattr(N, "response_logprobs", lambda m, exs, pad, batch_size=32: [-9.0, -1.0, -5.0, -3.0][: len(exs)])
+    fmt = PromptFormat(tok, "completion")
+    negs = build_negatives(tiny_model, tok, fmt, [_fact()], NegativeSettings(per_fact=4, num_samples=5, rank="mixed"))
+    # by probability: Nice, Brest, Rome, Lyon; by count: Lyon, Nice, Rome, Brest
+    assert [n.negative for n in negs] == ["Nice.", "Lyon.", "Brest.", "Rome."]
+
+
 def test_rank_must_be_known():
     with pytest.raises(ValueError, match="rank must be one of"):
         NegativeSettings(rank="alphabetical")

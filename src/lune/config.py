@@ -15,7 +15,7 @@ from typing import Any
 
 FORMATS = ("auto", "completion", "chat")
 NEGATIVE_KINDS = ("alternative", "contradiction", "refusal")
-NEGATIVE_RANKS = ("count", "probability")
+NEGATIVE_RANKS = ("count", "probability", "mixed")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Measured on the default model: FFN-only adapters on the lower half keep other facts far better
@@ -164,7 +164,7 @@ class NegativeSettings(_Config):
     num_samples: int = _f(24, "Completions sampled from the model per fact to find alternative answers.")
     temperature: float = _f(1.0, "Sampling temperature for alternatives.")
     sample_tokens: int = _f(8, "Tokens per sampled completion before it is cut to a short span.")
-    rank: str = _f("count", f"Order of the sampled alternatives, one of {NEGATIVE_RANKS}: count = most often sampled first; probability = most probable under the original model first (log p of the whole span after the prompt).")
+    rank: str = _f("count", f"Order of the sampled alternatives, one of {NEGATIVE_RANKS}: count = most often sampled first; probability = most probable under the original model first (log p of the whole span after the prompt); mixed = the two orders alternated, most probable first.")
     distinct: bool = _f(False, "No sampled alternative serves two facts of the set: each fact, in file order, takes its best-ranked spans that no earlier fact took (a fact left with none keeps its own).")
     stop: bool = _f(False, "End every completion-style negative with the end-of-text token: the model learns to stop after the wrong answer instead of going on to restate the fact (chat negatives always end their turn).")
 

@@ -168,6 +168,18 @@ def by_probability(model, tok, fmt: PromptFormat, facts: list[Fact], ranked: lis
     return [sorted(spans, key=lambda s, i=i: -score[(i, s)]) for i, spans in enumerate(ranked)]
 
 
+def alternate(first: list[str], second: list[str]) -> list[str]:
+    """The two orders of the same spans taken in turn (first[0], second[0], first[1], ...), each span once.
+
+    The most probable wrong answers keep more of the model but are often the same for many facts of
+    a template ("German."); the most sampled ones are more varied. ``rank = mixed`` takes from both.
+    """
+    out: list[str] = []
+    for pair in zip(first, second):
+        out += [s for s in dict.fromkeys(pair) if s not in out]
+    return out
+
+
 def distinct_alternatives(ranked: list[list[str]], per_fact: int) -> list[list[str]]:
     """Each fact's ranked spans without those an earlier fact already takes (its first ``per_fact``).
 
@@ -208,8 +220,9 @@ def build_negatives(
             sampled[i] = [s for s in (clean_span(t, f.answer, fmt.is_chat(f.style)) for t in chunk) if not leaks_key_terms(s, terms)]
 
     ranked = [rank_alternatives(s, f.answer, avoid) for s, f in zip(sampled, facts)]
-    if cfg.rank == "probability":
-        ranked = by_probability(model, tok, fmt, facts, ranked, batch_size)
+    if cfg.rank in ("probability", "mixed"):
+        probable = by_probability(model, tok, fmt, facts, ranked, batch_size)
+        ranked = probable if cfg.rank == "probability" else [alternate(p, c) for p, c in zip(probable, ranked)]
     if cfg.distinct:
         ranked = distinct_alternatives(ranked, cfg.per_fact)
     out: list[Negative] = []

@@ -33,16 +33,16 @@ from lune.models import attach_lora, load_model
 HERE = Path(__file__).resolve().parent
 
 
-def grads(model, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
+def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
     """The flat gradient of ``loss`` with respect to ``params``."""
     gs = torch.autograd.grad(loss, params, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(gs, params)])
 
 
-def mean_grad(model, params, batches, term) -> torch.Tensor:
+def mean_grad(params, batches, term) -> torch.Tensor:
     total = None
     for b in batches:
-        g = grads(model, term(b), params)
+        g = grads(term(b), params)
         total = g if total is None else total + g
     return total / len(batches)
 
@@ -77,8 +77,8 @@ def main() -> int:
     rows = []
     for name in ("graddiff", "npo", "simnpo"):
         method = get_method(name, TrainSettings())
-        g_f = mean_grad(peft_model, params, forget, lambda b: method.loss(peft_model, b, None)[0])
-        g_r = mean_grad(peft_model, params, retain, lambda b: method.retain_terms(peft_model, b)[0])
+        g_f = mean_grad(params, forget, lambda b: method.loss(peft_model, b, None)[0])
+        g_r = mean_grad(params, retain, lambda b: method.retain_terms(peft_model, b)[0])
         moved = (g_f != 0) | (g_r != 0)
         agree = (torch.sign(g_f + g_r) == torch.sign(g_f)) & moved
         row = {"method": {"graddiff": "graddiff (ga + retain)", "npo": "npo (+ retain)", "simnpo": "simnpo (+ retain)"}[name],

@@ -100,7 +100,7 @@ def train(
     active = forget
     best, since = -1.0, 0  # best suppressed share so far, checks since it last improved
     keep = cfg.restore_best and not method.full  # adapter weights are small; a full copy of the model is not
-    best_state: dict[str, torch.Tensor] = {}
+    best_state: list[torch.Tensor] = []  # copies of ``params`` at the latest epoch with the best share
     best_epoch = 0
     patience = PATIENCE if cfg.patience is None else cfg.patience  # None: as the API resolves it without protection
     for epoch in bar:
@@ -139,7 +139,7 @@ def train(
             elif best > 0:  # a plateau only once something is suppressed: a slow start is not a plateau
                 since += 1
             if keep and entry["suppressed"] >= best - 1e-9:  # the latest epoch at the best share
-                best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                best_state = [p.detach().clone() for p in params]
                 best_epoch = res.epochs
         if entry.get("suppressed", 0.0) >= 1.0 or (patience and since >= patience):
             res.stopped_early = res.epochs < cfg.max_epochs
@@ -148,9 +148,8 @@ def train(
     bar.close()
     if best_state and res.history[-1].get("suppressed", best) < best - 1e-9:
         with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in best_state:
-                    p.copy_(best_state[n])
+            for p, b in zip(params, best_state):
+                p.copy_(b)
         res.restored_epoch = best_epoch
     model.eval()
     res.train_s = round(time.perf_counter() - t0, 3)

@@ -269,7 +269,7 @@ def run_experiment(name: str, exp: dict, args) -> dict:
                "usr": a["usr"], "apr": a.get("apr"), "gur": a["gur"], "forget_prob_before": rep["before"]["forget_prob"],
                "forget_prob_after": a["forget_prob"], "process_s": round(time.perf_counter() - t, 1),
                **{k: c.get(k) for k in ("wall_s", "train_s", "check_s", "peak_rss_mb", "trainable_params", "steps", "train_tokens",
-                                        "train_flops", "mfu", "dtype", "phases_s", "phases_peak_rss_mb")},
+                                        "train_flops", "mfu", "peak_gflops", "dtype", "phases_s", "phases_peak_rss_mb")},
                "peak_phase": next((k for k, v in c.get("phases_peak_rss_mb", {}).items() if v >= c["peak_rss_mb"] - 1), None),
                "epochs": rep["training"]["epochs"],
                "stats_s": rep["training"]["history"][0].get("stats_seconds") if rep["training"]["history"] else None}
@@ -328,6 +328,31 @@ def remeasure(name: str, exp: dict, args) -> dict:
 # ------------------------------------------------------------------ the table
 
 
+def machine_peak(row: dict) -> float | None:
+    """The matmul peak (GFLOP/s) of the machine a row ran on: recorded since session 11, else implied by its MFU."""
+    if row.get("peak_gflops"):
+        return row["peak_gflops"]
+    if row.get("mfu") and row.get("train_flops") and row.get("train_s"):
+        return row["train_flops"] / row["train_s"] / row["mfu"] / 1e9
+    return None
+
+
+def machines(rows: dict[str, dict], tolerance: float = 0.15) -> list[tuple[float, list[str]]]:
+    """Rows grouped by the machine they ran on, told apart by its measured matmul peak (within ``tolerance``)."""
+    groups: list[tuple[float, list[str]]] = []
+    for m, r in rows.items():
+        peak = machine_peak(r)
+        if peak is None:
+            continue
+        for g_peak, names in groups:
+            if abs(peak - g_peak) <= tolerance * g_peak:
+                names.append(m)
+                break
+        else:
+            groups.append((peak, [m]))
+    return groups
+
+
 def _fmt(v, spec=".2f") -> str:
     return "–" if v is None else format(v, spec)
 
@@ -365,6 +390,12 @@ def write_outputs(name: str, results: dict, out: Path) -> None:
            "(edits: including their key statistics, computed afresh in the measured run unless the config sets "
            "`reuse_key_statistics`). MIA: loss-attack AUC turned into 100 x |2 AUC - 1| "
            "(0 = forget texts indistinguishable from held-out ones)."]
+    groups = machines(rows)
+    if len(groups) > 1:
+        md += ["", "**Not every row ran on the same machine** (told apart by the float32 matmul peak each run measured; "
+               "rows run before session 11 by the peak implied by their MFU). Wall-time ratios between groups compare "
+               "machines as well as methods; peak memory does not depend on the machine: "
+               + "; ".join(f"{peak:.0f} GFLOP/s: {', '.join(names)}" for peak, names in groups) + "."]
     again = sorted({k for r in rows.values() for k in r.get("remeasured", [])})
     if again:
         md += ["", f"Measured again after the runs (`python benchmarks/paper.py {name} --remeasure {' '.join(again)}`, "

@@ -37,6 +37,18 @@ def test_table_gives_every_cost_as_a_ratio_to_lune(tmp_path):
     assert (tmp_path / "paper_x.png").stat().st_size > 1000
 
 
+def test_rows_from_another_machine_are_named_in_the_table(tmp_path):
+    res = _results()
+    paper.write_outputs("x", res, tmp_path)  # one machine: no note
+    assert "Not every row ran on the same machine" not in (tmp_path / "paper_x.md").read_text()
+    res["rows"]["lune"]["train_flops"] = 20.0 * 0.4 * 200e9  # implies a 200 GFLOP/s machine
+    res["rows"]["lune-full"]["peak_gflops"] = 210.0  # within 15%: the same machine
+    res["rows"]["rome"]["peak_gflops"] = 400.0
+    paper.write_outputs("x", res, tmp_path)
+    note = next(line for line in (tmp_path / "paper_x.md").read_text().splitlines() if "Not every row ran" in line)
+    assert "200 GFLOP/s: lune, lune-full" in note and "400 GFLOP/s: rome" in note
+
+
 def test_every_config_names_a_prepared_benchmark_and_registered_methods():
     from lune.methods import METHODS
 

@@ -7,6 +7,7 @@ forget facts' CounterFact locality prompts, measured (GUR) but never shown to th
 
     python benchmarks/heldout.py                  # writes benchmarks/results/heldout.{json,md}
     python benchmarks/heldout.py --n-forget 12 --data ../shared/data --set train.contexts=0 --name heldout12
+    python benchmarks/heldout.py --replacements --name heldout_replacements   # user replacements given
 
 Reads the data from ``--data`` (default ``../shared/data``); exits cleanly when it is absent.
 """
@@ -81,6 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="auto", help="Compute dtype of the run (default: lune's auto).")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="Override a setting, e.g. --set train.contexts=2 or --set lora.protect=0.8 (repeatable).")
+    ap.add_argument("--replacements", action="store_true",
+                    help="Give each forget fact CounterFact's counterfactual target (target_new) as its user replacement: "
+                         "what a user-supplied replacement buys over the tool's own sampled alternatives.")
     ap.add_argument("--name", default="heldout", help="Result file stem (default: heldout -> heldout.json, heldout.md).")
     args = ap.parse_args(argv)
     cf = Path(args.data) / "counterfact"
@@ -92,7 +96,8 @@ def main(argv=None) -> int:
     records = json.loads((cf / "counterfact-val.json").read_text())
     model, tok = lune.load_model("smollm2-135m", dtype=args.dtype)
     chosen = [records[i] for i in known_counterfact(model, tok, records, args.n_forget, HERE / "results" / "counterfact_val_known.json")]
-    forget = [Fact(prompt=r["prompt"], answer=r["ground_truth"], paraphrases=[r["rephrase_prompt"]], source=f"counterfact-val case {r['case_id']}") for r in chosen]
+    forget = [Fact(prompt=r["prompt"], answer=r["ground_truth"], paraphrases=[r["rephrase_prompt"]], source=f"counterfact-val case {r['case_id']}",
+                   replacement=r["target_new"] if args.replacements else None) for r in chosen]
     answers = {r["ground_truth"].lower() for r in chosen}
     subjects = {r["subject"].lower() for r in chosen}
     rome = json.loads((cf / "rome_known_1000.json").read_text())
@@ -129,6 +134,7 @@ def main(argv=None) -> int:
     result = {
         "command": "python benchmarks/heldout.py " + " ".join(argv or sys.argv[1:]),
         "n_forget": len(forget),
+        "replacements": args.replacements,
         "n_retain_probes": len(retain),
         "retain_dropped_as_seen": overlap,
         "config": cfg.to_dict(),
@@ -145,7 +151,8 @@ def main(argv=None) -> int:
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     a, c = report["after"], report["cost"]
     md = [
-        f"# Held-out check (CounterFact known facts, dtype {args.dtype}, {', '.join(args.set) or 'default settings'})", "",
+        f"# Held-out check (CounterFact known facts, dtype {args.dtype}, {', '.join(args.set) or 'default settings'}"
+        f"{', CounterFact target_new as each fact replacement' if args.replacements else ''})", "",
         f"`{result['command'].strip()}`", "",
         f"{len(forget)} forget facts (prompt/answer only), APR on their {a['n_forget_paraphrases']} unseen rephrased prompts, "
         f"GUR on {len(retain)} unseen retain probes. Repeats: share of forget completions (prompts and rephrasings) "

@@ -3,6 +3,7 @@
     python benchmarks/profile_step.py --dtype float32               # LoRA: seconds per step, MFU, then the top ops
     python benchmarks/profile_step.py --full                        # every weight trains (lune-full)
     python benchmarks/profile_step.py --gradient-checkpointing      # recompute activations in the backward pass
+    python benchmarks/profile_step.py --dropout 0                   # LoRA without dropout (no masks, no input copies)
     python benchmarks/profile_step.py --no-profile --json           # one JSON line (benchmarks/step_cost.py)
 
 Each configuration should run in its own process: peak RSS is the process's.
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--layers", default="lower", help="LoRA layers (lune's default: lower).")
     ap.add_argument("--full", action="store_true", help="Train every weight instead of LoRA adapters.")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--dropout", type=float, default=LoraSettings().lora_dropout, help="LoRA dropout (lune's default: 0.05).")
     ap.add_argument("--steps", type=int, default=6, help="Timed steps (after 2 warm-up steps).")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -40,7 +42,7 @@ def main() -> None:
     if args.full:
         pm = model.requires_grad_(True)
     else:
-        pm = attach_lora(model, LoraSettings(layers=args.layers))
+        pm = attach_lora(model, LoraSettings(layers=args.layers, lora_dropout=args.dropout))
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(pm)
     pm.train()
@@ -69,6 +71,7 @@ def main() -> None:
     w = next(pm.parameters())
     peak = matmul_peak(w.device, w.dtype)
     res = {"full": args.full, "dtype": args.dtype, "layers": None if args.full else args.layers,
+           "dropout": None if args.full else args.dropout,
            "gradient_checkpointing": args.gradient_checkpointing, "batch": args.batch, "tokens": args.tokens,
            "step_s": round(total, 3), "fwd_s": round(statistics.median(t[0] for t in times), 3),
            "bwd_s": round(statistics.median(t[1] for t in times), 3), "opt_s": round(statistics.median(t[2] for t in times), 3),

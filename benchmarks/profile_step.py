@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--layers", default="lower", help="LoRA layers (lune's default: lower).")
     ap.add_argument("--full", action="store_true", help="Train every weight instead of LoRA adapters.")
     ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--dropout", type=float, default=LoraSettings().lora_dropout, help="LoRA dropout (lune's default: 0.05).")
+    ap.add_argument("--dropout", type=float, default=LoraSettings().lora_dropout, help="LoRA dropout (default: lune's).")
     ap.add_argument("--steps", type=int, default=6, help="Timed steps (after 2 warm-up steps).")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--json", action="store_true")

@@ -297,45 +297,6 @@ def test_answer_sites_cut_continuations_just_before_the_answer(tok, monkeypatch)
     assert [i for i, _, _ in one] == [0, 1]
 
 
-
-def test_subject_sites_come_from_text_that_starts_with_the_subject(tok, monkeypatch):
-    facts = [_fact("The mother tongue of Vera Brezhneva is", "Russian"), _fact("The capital of Spain is", "Madrid")]
-    by_fact = {0: ["Ukrainian.", "Polish."], 1: ["Seville."]}
-    outs = {  # per prefix, in job order: each fact's subject alone (no prompt sites: per_fact=0)
-        "Vera Brezhneva": [" is a singer who sings in Russian.", " is a singer who sings in Russian.", " was born in 1982.",
-                           " is a Ukrainian pop star whose native language is Russian"],
-        "Spain": [" is a country whose capital is Madrid."],
-    }
-    calls = []
-
-    def fake_generate(model, tok_, ids, num_return_sequences=1, **kw):
-        calls.append(ids)
-        return [t for p in outs for t in (outs[p] + [" nothing"] * num_return_sequences)[:num_return_sequences]]
-
-    class Completion:
-        def is_chat(self, style):
-            return False
-
-        def prompt_ids(self, text, style):
-            return [text]
-
-    monkeypatch.setattr(N, "generate", fake_generate)
-    sites = N.answer_sites(None, tok, Completion(), facts, by_fact, per_fact=0, samples=4, subject_per_fact=2)
-    assert calls[0] == [[p] for p in outs]
-    assert sites == [  # the fact's negatives in turn; a repeated continuation makes one site; at most 2 per fact
-        (0, "Vera Brezhneva is a singer who sings in", "Ukrainian."),
-        (0, "Vera Brezhneva is a Ukrainian pop star whose native language is", "Polish."),
-        (1, "Spain is a country whose capital is", "Seville."),
-    ]
-    # with prompt sites too, each kind has its own cap, and the subject's sites follow the prompt's
-    calls.clear()
-    outs = {"The mother tongue of Vera Brezhneva is": [" Russian."], "The mother tongue of Vera Brezhneva is Ukrainian.": [" No, Russian."],
-            "The mother tongue of Vera Brezhneva is Polish.": [" nothing"], "Vera Brezhneva": [" sings in Russian."],
-            "The capital of Spain is": [" nothing"], "The capital of Spain is Seville.": [" nothing"], "Spain": [" nothing"]}
-    sites = N.answer_sites(None, tok, Completion(), facts, by_fact, per_fact=1, samples=1, subject_per_fact=1)
-    assert calls[0] == [[p] for p in outs]
-    assert sites == [(0, "The mother tongue of Vera Brezhneva is Ukrainian. No,", "Ukrainian."), (0, "Vera Brezhneva sings in", "Ukrainian.")]
-
 def test_key_terms_of_sentence_answers():
     answer = "The author born in Kuwait City on 08/09/1956 is Basil Mahfouz Al-Kuwaiti, a writer of French literature."
     terms = N.key_terms(answer, "What is the full name of the author born in Kuwait City, Kuwait on 08/09/1956?")

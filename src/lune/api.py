@@ -168,8 +168,7 @@ def unlearn(
     for n in negs:
         by_fact.setdefault(n.fact, []).append(n.negative)
     sites = answer_sites(model, tokenizer, fmt, forget_facts, by_fact, cfg.train.sites, seed=cfg.train.seed,
-                         batch_size=cfg.run.eval_batch_size, subject_per_fact=cfg.train.subject_sites,
-                         ) if (cfg.train.sites or cfg.train.subject_sites) and method.targets == "negatives" else []
+                         batch_size=cfg.run.eval_batch_size) if cfg.train.sites and method.targets == "negatives" else []
     meter.mark("negatives")
     train_prompts = [(i, p) for i, f in enumerate(forget_facts) for p in [f.prompt] + (f.paraphrases if cfg.train.paraphrases else [])]
     check_facts = [Fact(prompt=p, answer=forget_facts[i].answer, style=forget_facts[i].style) for i, p in train_prompts]

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from .anchors import find_subject
 from .config import NEGATIVE_KINDS, NegativeSettings
 from .data import Fact, PromptFormat, contains_answer, make_example, normalize, read_jsonl
 from .errors import LuneError
@@ -281,7 +280,7 @@ def read_negatives(path: str | Path, facts: list[Fact]) -> list[Negative]:
 
 def answer_sites(
     model, tok, fmt: PromptFormat, facts: list[Fact], by_fact: dict[int, list[str]], per_fact: int, samples: int = 8,
-    tokens: int = 16, seed: int = 0, batch_size: int = 32, max_lead_words: int = 12, subject_per_fact: int = 0,
+    tokens: int = 16, seed: int = 0, batch_size: int = 32, max_lead_words: int = 12,
 ) -> list[tuple[int, str, str]]:
     """Places beyond the prompt where the original model itself brings up a fact's answer: (fact, site, negative).
 
@@ -294,36 +293,24 @@ def answer_sites(
     greedy probes of 16 tokens count as answered. Only answers within ``max_lead_words`` words of the
     prefix count (sampled text drifts further out). At most ``per_fact`` distinct sites per fact; question
     (chat) facts have none, since a site would sit inside the assistant's reply.
-
-    With ``subject_per_fact`` > 0, continuations are also sampled from text that starts with the fact's
-    subject alone (``find_subject``: "Vera Brezhneva"), and up to that many more sites per fact come from
-    them: the model's own ways of reaching the answer through other relations ("Vera Brezhneva is a
-    Ukrainian singer who sings in" -> a negative), which rephrased probes use and the prompt's sites miss.
     """
-    if per_fact <= 0 and subject_per_fact <= 0:
+    if per_fact <= 0:
         return []
     jobs: list[tuple[int, str, str | None]] = []  # (fact, prefix, the negative inside the prefix)
-    from_subject: set[int] = set()  # indices into jobs of the subject-started prefixes
     for i, f in enumerate(facts):
         if fmt.is_chat(f.style) or not by_fact.get(i):
             continue
-        if per_fact > 0:
-            jobs.append((i, f.prompt, None))
-            jobs += [(i, f"{f.prompt} {n}", n) for n in by_fact[i][:2]]
-        subject = find_subject(f.prompt, f.subject) if subject_per_fact > 0 else None
-        if subject and subject != f.prompt:
-            from_subject.add(len(jobs))
-            jobs.append((i, subject, None))
+        jobs.append((i, f.prompt, None))
+        jobs += [(i, f"{f.prompt} {n}", n) for n in by_fact[i][:2]]
     if not jobs:
         return []
     torch.manual_seed(seed)
     ids = [fmt.prompt_ids(prefix, "prompt") for _, prefix, _ in jobs]
     texts = generate(model, tok, ids, max_new_tokens=tokens, batch_size=max(1, batch_size // 4), do_sample=True,
                      num_return_sequences=samples, desc="finding answer sites")
-    found: dict[tuple[int, bool], dict[str, str]] = {}  # (fact, from the subject) -> site -> negative
+    found: dict[int, dict[str, str]] = {}
     turn: dict[int, int] = {}
     for j, (i, prefix, neg) in enumerate(jobs):
-        key, cap = (i, j in from_subject), subject_per_fact if j in from_subject else per_fact
         answer = facts[i].answer.strip()
         pattern = re.compile(r"(?<!\w)" + re.escape(answer) + r"(?!\w)", re.IGNORECASE)
         for text in texts[j * samples : (j + 1) * samples]:
@@ -334,9 +321,9 @@ def answer_sites(
             if not lead.strip() or len(lead.split()) > max_lead_words or contains_answer(lead, answer):
                 continue
             site = prefix + lead
-            sites = found.setdefault(key, {})
-            if len(sites) < cap and site not in sites:
-                if neg is None:  # a site of the bare prompt or subject: the fact's negatives in turn
+            sites = found.setdefault(i, {})
+            if len(sites) < per_fact and site not in sites:
+                if neg is None:  # a site of the bare prompt: the fact's negatives in turn
                     turn[i] = turn.get(i, -1) + 1
                 sites[site] = neg if neg is not None else by_fact[i][turn[i] % len(by_fact[i])]
-    return [(key[0], site, neg) for key in sorted(found) for site, neg in found[key].items()]
+    return [(i, site, neg) for i in sorted(found) for site, neg in found[i].items()]

@@ -215,36 +215,6 @@ def test_plateau_stop_restores_the_best_adapter_weights(tiny_model, tok):
         assert res.restored_epoch is None and same(trainable(), seen[-1])
 
 
-
-def test_shrink_keeps_the_smallest_update_that_still_suppresses(tiny_model, tok):
-    from lune.train import shrink_adapter
-
-    peft_model = attach_lora(tiny_model, LoraSettings(r=2))
-    cfg = TrainSettings(lr=1e-2, max_epochs=2, min_epochs=1, batch_size=4, early_stop=False)
-    train(peft_model, get_method("lune", cfg), _examples(tok), [], cfg, PAD)
-    bs = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_B" in n}
-    assert bs and all(b.abs().sum() > 0 for b in bs.values())
-    name = next(iter(bs))
-
-    def probe():  # the share falls once the update is below 0.65 of the trained one (read off one B)
-        now = dict(peft_model.named_parameters())[name]
-        scale = float(now.detach().norm() / bs[name].norm())
-        return (1.0 if scale > 0.65 else 0.5), set()
-
-    scale, checks = shrink_adapter(peft_model, probe, target=1.0)
-    assert scale == 0.7
-    assert [c["scale"] for c in checks] == [0.9, 0.8, 0.7, 0.6] and [c["suppressed"] for c in checks] == [1, 1, 1, 0.5]
-    after = dict(peft_model.named_parameters())
-    assert all(torch.allclose(after[n], b * 0.7) for n, b in bs.items())
-    # nothing holds below the full update: the trained weights come back unchanged
-    for n, p in peft_model.named_parameters():
-        if "lora_B" in n:
-            p.data.copy_(bs[n])
-    scale, checks = shrink_adapter(peft_model, lambda: (0.9, set()), target=1.0)
-    assert scale == 1.0 and len(checks) == 1 and all(torch.equal(after[n], b) for n, b in bs.items())
-    with pytest.raises(ValueError, match="LoRA"):
-        shrink_adapter(make_model(), probe, target=1.0)  # attach_lora injected adapters into tiny_model itself
-
 def test_focus_trains_only_the_facts_still_yielded(tiny_model, tok, monkeypatch):
     import lune.train as T
 

@@ -10,7 +10,7 @@ import torch
 import lune
 import lune.api as api
 from lune.anchors import context_sentences
-from conftest import FORGET_RECORDS, RETAIN_RECORDS, base_state, greedy, write_jsonl
+from conftest import FORGET_RECORDS, RETAIN_RECORDS, base_state, write_jsonl
 from lune.config import PAPER_TARGETS, LoraSettings, NegativeSettings, RunSettings, TrainSettings, UnlearnConfig
 from lune.data import contains_answer, fact_from_record
 from lune.errors import LuneError
@@ -75,22 +75,6 @@ def test_unlearn_in_memory(memorised_model, tok):
     assert all(torch.equal(after[k], v) for k, v in ref_state.items()), "base weights changed"
     assert torch.equal(logits(memorised_model), ref_logits)
 
-
-
-def test_shrink_scales_the_adapter_down_and_still_forgets(memorised_model, tok, tmp_path):
-    cfg = small_config()
-    cfg.train.shrink = True
-    report = lune.unlearn(facts(FORGET_RECORDS), facts(RETAIN_RECORDS, "retain.jsonl"), config=cfg, model=memorised_model,
-                          tokenizer=tok, out=tmp_path / "run")
-    t = report["training"]
-    assert t["shrink"] and t["shrink"][0]["scale"] == 0.9
-    kept = [c for c in t["shrink"] if c["scale"] >= t["scale"]]
-    assert all(c["suppressed"] == 1.0 for c in kept)  # every trained prompt was suppressed at the scale kept
-    assert report["after"]["usr"] == 1.0
-    # the saved adapter is the scaled one: plain peft reproduces the run's "after" completions
-    model = load_adapter(memorised_model, tmp_path / "run" / "adapter")
-    for row in report["facts"]:
-        assert greedy(model, tok, row["prompt"], 8) == row["after"]
 
 def test_unlearn_leaves_callers_model_unchanged(memorised_model, tok):
     """The model passed in is documented as 'an already loaded base model'; after unlearn it should still be that."""

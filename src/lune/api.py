@@ -33,7 +33,7 @@ from .models import (
 )
 from .negatives import answer_sites, build_negatives, clean_span, read_negatives, write_negatives
 from .report import write_report
-from .train import TrainResult, shrink_adapter, train
+from .train import TrainResult, train
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {k: ("higher" if v.higher_is_better else "lower") for k, v in METRICS.items()}
@@ -230,9 +230,6 @@ def unlearn(
                     disable_gradient_checkpointing(tuned)
                 if is_adapter:  # a protected adapter becomes plain LoRA (its projection folded into A)
                     release_adapters(tuned)
-            if cfg.train.shrink and is_adapter:
-                shares = [h["suppressed"] for h in result.history if "suppressed" in h]
-                result.scale, result.shrink = shrink_adapter(tuned, suppressed, max(shares) if shares else suppressed()[0])
             meter.mark("train")
         after = measure(tuned, tokenizer, fmt, forget_facts, retain_facts, cfg, before=before, desc="after:")
         meter.mark("after: probes")
@@ -253,7 +250,6 @@ def unlearn(
         "unknown_facts": unknown,
         "training": {"epochs": result.epochs, "stopped_early": result.stopped_early, "stop_reason": result.stop_reason,
                      **({"restored_epoch": result.restored_epoch} if result.restored_epoch else {}),
-                     **({"scale": result.scale, "shrink": result.shrink} if result.shrink else {}),
                      **({"protected": protected} if protected else {}),
                      **({"sites": [{"fact": i, "prompt": p, "negative": y} for i, p, y in sites]} if sites else {}),
                      "history": result.history},

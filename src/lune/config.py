@@ -118,7 +118,6 @@ class TrainSettings(_Config):
     early_stop: bool = _f(True, "Stop once every trained forget prompt no longer yields its answer (greedy check each epoch).")
     patience: int | None = _f(None, f"With early_stop: also stop when the share of suppressed trained prompts, once above 0, has not improved for this many checks (0 = never); further epochs only deepen the edit where it already holds. Default: {PROTECTED_PATIENCE} with protected adapters (they learn the forgetting about half as fast), else {PATIENCE}.", type=int)
     restore_best: bool = _f(True, "With early_stop and LoRA: when the last check suppressed fewer trained prompts than an earlier one, end with the adapter weights of the latest epoch that reached the best share (full training does not: it would hold a second copy of every weight).")
-    shrink: bool = _f(False, "With LoRA: after training, scale the adapter's update down (lora_B x 0.9, 0.8, ..., 0.5) to the smallest scale that still suppresses as many trained prompts as the full update: the least change that forgets.")
     focus: bool = _f(False, "After each early-stopping check, train only the facts some trained prompt still yields (a fact that relapses comes back).")
     batch_size: int = _f(16, "Forget examples per optimisation step.")
     retain_batch_size: int = _f(16, "Retain examples (retain facts, anchors, neighbours) paired with each forget batch.")

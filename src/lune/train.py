@@ -35,8 +35,6 @@ class TrainResult:
     stop_reason: str = "max_epochs"  # "suppressed" (every trained prompt), "plateau" (patience ran out) or "max_epochs"
     history: list[dict] = field(default_factory=list)  # one entry per epoch
     restored_epoch: int | None = None  # the epoch whose adapter weights the run ended with, when not the last (restore_best)
-    scale: float = 1.0  # the factor on the adapter's update kept by ``shrink_adapter`` (train.shrink)
-    shrink: list[dict] = field(default_factory=list)  # its checks: {"scale", "suppressed"}
 
 
 GROUP = 8  # batches per length-sorted group
@@ -157,40 +155,3 @@ def train(
     res.train_s = round(time.perf_counter() - t0, 3)
     res.check_s = round(res.check_s, 3)
     return res
-
-
-SHRINK_SCALES = (0.9, 0.8, 0.7, 0.6, 0.5)
-
-
-def shrink_adapter(
-    model, suppressed: Callable[[], tuple[float, set[int]]], target: float, scales: tuple[float, ...] = SHRINK_SCALES,
-) -> tuple[float, list[dict]]:
-    """Scale the trained LoRA update down to the smallest of ``scales`` that still suppresses ``target``.
-
-    Every ``lora_B`` weight is multiplied by the scale (the update B·A is linear in it), tried from
-    the largest scale down; the first scale whose share of suppressed trained prompts falls below
-    ``target`` ends the search, and the model keeps the last scale that held (1.0 if none). The
-    least update that still forgets spills least onto what should stay. Returns the scale kept and
-    one ``{"scale", "suppressed"}`` entry per check.
-    """
-    bs = [p for n, p in model.named_parameters() if "lora_B" in n]
-    if not bs:
-        raise ValueError("shrink_adapter needs a model with LoRA adapters")
-    full = [b.detach().clone() for b in bs]
-
-    def set_scale(c: float) -> None:
-        with torch.no_grad():
-            for b, f in zip(bs, full):
-                b.copy_(f * c)
-
-    kept, checks = 1.0, []
-    for c in scales:
-        set_scale(c)
-        share, _ = suppressed()
-        checks.append({"scale": c, "suppressed": round(share, 6)})
-        if share < target - 1e-9:
-            break
-        kept = c
-    set_scale(kept)
-    return kept, checks
-
